@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up .venv with the test tools and run the whole test suite (what CI runs).
+# Extra arguments go to pytest (e.g. -m "not slow" for the quick subset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh --dev
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,160 @@
+"""Selective scan and causal conv1d: every backend on this machine against the sequential reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vivim_monai.ops import (
+    ENV_VAR,
+    available_backends,
+    causal_conv1d,
+    resolve_backend,
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_sequential,
+)
+
+FP32_TOL = {"atol": 1e-4, "rtol": 1e-4}  # stated fp32 tolerance (outputs and gradients, values of order 1)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_inputs(batch, dim, length, d_state, groups=0, seed=0, dtype=torch.float32, device="cpu"):
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=generator, dtype=dtype) * scale).to(device).requires_grad_()
+
+    bc_shape = (batch, groups, d_state, length) if groups else (batch, d_state, length)
+    a_log = torch.log(torch.rand(dim, d_state, generator=generator, dtype=dtype) * 4 + 0.5)
+    return {
+        "u": rand(batch, dim, length),
+        "delta": rand(batch, dim, length, scale=0.5),
+        "A": (-torch.exp(a_log)).to(device).requires_grad_(),
+        "B": rand(*bc_shape),
+        "C": rand(*bc_shape),
+        "D": rand(dim),
+        "z": rand(batch, dim, length),
+        "delta_bias": rand(dim, scale=0.5),
+    }
+
+
+def run(fn, inputs, **kwargs):
+    out = fn(**inputs, delta_softplus=True, **kwargs)
+    grads = torch.autograd.grad(out.square().sum(), list(inputs.values()))
+    return out, dict(zip(inputs, grads))
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 33, 130, 257])
+@pytest.mark.parametrize("backend", available_backends(DEVICE))
+def test_backends_match_sequential_reference(backend, length):
+    inputs = make_inputs(2, 6, length, 4, device=DEVICE)
+    ref_out, ref_grads = run(selective_scan_sequential, inputs)
+    out, grads = run(selective_scan, inputs, backend=backend)
+    torch.testing.assert_close(out, ref_out, **FP32_TOL)
+    for name in inputs:
+        torch.testing.assert_close(grads[name], ref_grads[name], **FP32_TOL, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 64])
+def test_chunked_scan_any_chunk_size_and_groups(chunk_size):
+    inputs = make_inputs(1, 8, 45, 3, groups=2, dtype=torch.float64)
+    ref = selective_scan_sequential(**inputs, delta_softplus=True)
+    out = selective_scan_chunked(**inputs, delta_softplus=True, chunk_size=chunk_size)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+
+
+def test_chunked_scan_gradcheck_float64():
+    inputs = make_inputs(1, 3, 11, 2, dtype=torch.float64)
+    names = list(inputs)
+
+    def fn(*tensors):
+        return selective_scan_chunked(**dict(zip(names, tensors)), delta_softplus=True, chunk_size=4)
+
+    assert torch.autograd.gradcheck(fn, tuple(inputs.values()), eps=1e-6, atol=1e-5)
+
+
+def test_optional_arguments_and_large_decay_are_stable():
+    """No D / z / bias, no softplus; steps with |delta * A| ~ 1e3 must not overflow (decays are never divided)."""
+    inputs = make_inputs(1, 4, 64, 4)
+    for name in ("D", "z", "delta_bias"):
+        inputs.pop(name)
+    inputs["delta"] = inputs["delta"].detach().abs() * 200 + 1.0
+    ref = selective_scan_sequential(**inputs)
+    for backend in available_backends("cpu"):
+        out = selective_scan(**inputs, backend=backend)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, ref, **FP32_TOL)
+
+
+def test_half_precision_inputs_accumulate_in_fp32_and_keep_dtype():
+    inputs = {k: v.detach() for k, v in make_inputs(1, 4, 40, 4).items()}
+    half = {k: v.to(torch.bfloat16) for k, v in inputs.items()}
+    out = selective_scan(**half, delta_softplus=True, backend="torch")
+    assert out.dtype == torch.bfloat16
+    ref = selective_scan_sequential(**{k: v.float() for k, v in half.items()}, delta_softplus=True)
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"u": torch.zeros(2, 4)}, "u must be"),
+        ({"delta": torch.zeros(1, 4, 9)}, "delta must match"),
+        ({"A": torch.zeros(3, 4)}, "A must be"),
+        ({"B": torch.zeros(1, 5, 10)}, "B must be"),
+        ({"C": torch.zeros(1, 3, 4, 10)}, "C must be"),
+        ({"D": torch.zeros(5)}, "D must be"),
+    ],
+)
+def test_bad_shapes_raise_clear_errors(bad, message):
+    inputs = {k: v.detach() for k, v in make_inputs(1, 4, 10, 4).items()}
+    inputs.update(bad)
+    with pytest.raises(ValueError, match=message):
+        selective_scan(**inputs)
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 17])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_causal_conv1d_matches_explicit_sum(length, activation):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, length, generator=generator)
+    weight, bias = torch.randn(3, 4, generator=generator), torch.randn(3, generator=generator)
+    expected = torch.zeros_like(x) + bias[None, :, None]
+    for t in range(length):
+        for k in range(4):  # weight[:, -1] multiplies the current position, weight[:, 0] the one 3 steps back
+            if t - (3 - k) >= 0:
+                expected[..., t] += weight[:, k] * x[..., t - (3 - k)]
+    if activation:
+        expected = torch.nn.functional.silu(expected)
+    for backend in available_backends("cpu"):
+        out = causal_conv1d(x, weight.unsqueeze(1), bias, activation=activation, backend=backend)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_backend_resolution(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert resolve_backend(None, "cpu") == available_backends("cpu")[0]
+    assert resolve_backend("torch", "cpu") == "torch"
+    monkeypatch.setenv(ENV_VAR, "torch")
+    assert resolve_backend(None, "cpu") == "torch"
+    assert resolve_backend("cpu", "cpu") == "cpu", "the argument wins over the environment"
+    monkeypatch.setenv(ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match=ENV_VAR):
+        resolve_backend(None, "cpu")
+    with pytest.raises(RuntimeError, match="CUDA tensors"):
+        resolve_backend("cuda", "cpu")
+    with pytest.raises(ValueError, match="argument backend"):
+        resolve_backend("gpu", "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_kernels_match_reference_when_installed():
+    if "cuda" not in available_backends("cuda"):
+        pytest.skip("mamba-ssm / causal-conv1d CUDA kernels are not installed")
+    inputs = make_inputs(2, 16, 300, 16, device="cuda")
+    ref_out, ref_grads = run(selective_scan_sequential, inputs)
+    out, grads = run(selective_scan, inputs, backend="cuda")
+    torch.testing.assert_close(out, ref_out, atol=1e-3, rtol=1e-3)
+    for name in inputs:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-2, rtol=1e-2)
