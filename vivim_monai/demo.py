@@ -45,8 +45,10 @@ def main(argv: list[str] | None = None) -> dict:
     path = args.file or str(examples.get_path("ybr_color"))
     cine = read_dicom_cine(path)
     channels, height, width, frames = cine.shape
-    print(f"cine      {os.path.basename(path)}: {frames} frames of {height}x{width}, {channels} channel(s), "
-          f"{cine.meta['photometric_interpretation']}, frame time {cine.meta['frame_time_ms']} ms")
+    print(
+        f"cine      {os.path.basename(path)}: {frames} frames of {height}x{width}, {channels} channel(s), "
+        f"{cine.meta['photometric_interpretation']}, frame time {cine.meta['frame_time_ms']} ms"
+    )
 
     image = Resize(spatial_size=(args.size, args.size, -1), mode="bilinear")(cine / 255.0)
     if channels == 3:
@@ -57,8 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
     network = Vivim(args.variant, in_channels=channels, out_channels=args.classes, scan_backend=args.backend).eval()
     backend = resolve_backend(args.backend, clip.device)
     parameters = sum(p.numel() for p in network.parameters())
-    print(f"network   Vivim({args.variant!r}) {parameters / 1e6:.2f} M parameters, scan backend '{backend}', "
-          f"{torch.get_num_threads()} CPU threads")
+    print(
+        f"network   Vivim({args.variant!r}) {parameters / 1e6:.2f} M parameters, scan backend '{backend}', "
+        f"{torch.get_num_threads()} CPU threads"
+    )
 
     window = min(args.clip_length, frames)
     inferer = SlidingWindowInferer(roi_size=(-1, -1, window), sw_batch_size=1, overlap=args.overlap)
@@ -70,8 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
     fractions = [round(float((labels == k).float().mean()), 3) for k in range(args.classes)]
     print(f"output    {tuple(logits.shape)} logits (B, K, H, W, T); class fractions {fractions} (random weights)")
     print(f"timing    {seconds:.2f} s for {frames} frames in clips of {window}: {frames / seconds:.2f} frames/s")
-    return {"input_shape": tuple(clip.shape), "output_shape": tuple(logits.shape), "backend": backend,
-            "seconds": seconds}
+    return {
+        "input_shape": tuple(clip.shape),
+        "output_shape": tuple(logits.shape),
+        "backend": backend,
+        "seconds": seconds,
+    }
 
 
 if __name__ == "__main__":

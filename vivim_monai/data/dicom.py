@@ -1,8 +1,8 @@
 """Multi-frame DICOM cine reading into MONAI's clip layout ``(C, H, W, T)``.
 
 pydicom decodes the pixel data (with the pylibjpeg plugins for JPEG / JPEG 2000 / RLE); YBR colour is converted to
-RGB by pydicom, PALETTE COLOR goes through its lookup table (16-bit entries scaled to 0..255) and MONOCHROME1 is inverted so that bright means
-high signal everywhere. Frames stay in file order along the last axis.
+RGB by pydicom, PALETTE COLOR goes through its lookup table (16-bit entries scaled to 0..255) and MONOCHROME1 is
+inverted so that bright means high signal everywhere. Frames stay in file order along the last axis.
 """
 
 from __future__ import annotations

@@ -42,9 +42,13 @@ def cuda_kernels() -> tuple[Callable[..., Any] | None, Callable[..., Any] | None
     if has_scan and has_conv:
         return scan_fn, conv_fn, ""
     missing = [name for name, ok in (("mamba-ssm", has_scan), ("causal-conv1d", has_conv)) if not ok]
-    return None, None, (
-        f"{' and '.join(missing)} not importable (install requirements-cuda.txt on a CUDA machine; both packages "
-        "need their compiled CUDA extensions)"
+    return (
+        None,
+        None,
+        (
+            f"{' and '.join(missing)} not importable (install requirements-cuda.txt on a CUDA machine; both packages "
+            "need their compiled CUDA extensions)"
+        ),
     )
 
 

@@ -90,7 +90,14 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         delta_c = delta_c + delta_bias.to(dtype)[None, :, None]
     if delta_softplus:
         delta_c = F.softplus(delta_c)
-    return dtype, u_c, delta_c, A.to(dtype), _per_channel(B, u.shape[1]).to(dtype), _per_channel(C, u.shape[1]).to(dtype)
+    return (
+        dtype,
+        u_c,
+        delta_c,
+        A.to(dtype),
+        _per_channel(B, u.shape[1]).to(dtype),
+        _per_channel(C, u.shape[1]).to(dtype),
+    )
 
 
 def _finish(y: torch.Tensor, u: torch.Tensor, D, z, out_dtype: torch.dtype) -> torch.Tensor:
@@ -209,6 +216,11 @@ def causal_conv1d_torch(
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"causal_conv1d: activation must be None, 'silu' or 'swish', got {activation!r}")
     width = weight.shape[1]
-    out = F.conv1d(x, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype),
-                   padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]]
+    out = F.conv1d(
+        x,
+        weight.unsqueeze(1).to(x.dtype),
+        None if bias is None else bias.to(x.dtype),
+        padding=width - 1,
+        groups=x.shape[1],
+    )[..., : x.shape[-1]]
     return F.silu(out) if activation is not None else out

@@ -99,8 +99,9 @@ class _VivimEncoder(nn.Module):
         """frames (B*T, C, H, W), grouped by clip -> four maps (B*T, C_i, H/2^(i+2), W/2^(i+2))."""
         features, x = [], frames
         batch = frames.shape[0] // num_frames
-        for embed, blocks, temporal in zip(self.downsample_layers.patch_embeddings, self.downsample_layers.block,
-                                           self.stages):
+        for embed, blocks, temporal in zip(
+            self.downsample_layers.patch_embeddings, self.downsample_layers.block, self.stages
+        ):
             tokens, h, w = embed(x)
             for block in blocks:
                 tokens = block(tokens, h, w)
@@ -274,8 +275,8 @@ class Vivim(nn.Module):
         path = os.fspath(path)
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as err:
-            raise ValueError(f"{path}: cannot read checkpoint ({err})") from err
+        except Exception as err:  # torch.load raises pickle, zip, OS and runtime errors for bad files
+            raise ValueError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
         state = checkpoint
         for key in ("model", "state_dict"):
             if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
@@ -292,20 +293,20 @@ class Vivim(nn.Module):
             missing = [k for k in missing if not re.match(r"encoder\.stages\.|out\.|edgeocr_cls_head\.", k)]
         if not strict:
             missing, unexpected = [], []
-        problems = []
-        if wrong_shape:
-            problems.append(
-                "shape mismatch for "
-                + ", ".join(f"{k} (file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})" for k in wrong_shape[:5])
+        if wrong_shape or unexpected or missing:
+            found, expected = _architecture(state), _architecture(own)
+            differences = [
+                f"{name} {found[name]} in the file vs {expected[name]} here"
+                for name in expected
+                if found.get(name) not in (None, expected[name])
+            ]
+            detail = (
+                f"{len(wrong_shape)} tensors of another shape, {len(unexpected)} unexpected and "
+                f"{len(missing)} missing keys (e.g. {(wrong_shape + unexpected + missing)[:3]})"
             )
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:5]}")
-        if missing:
-            problems.append(f"{len(missing)} missing keys, e.g. {missing[:5]}")
-        if problems:
             raise ValueError(
                 f"{path}: checkpoint does not fit Vivim(variant={self.variant!r}, in_channels={self.in_channels}, "
-                f"out_channels={self.out_channels}): " + "; ".join(problems)
+                f"out_channels={self.out_channels}): " + "; ".join(differences + [detail])
             )
         self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
@@ -317,6 +318,25 @@ _KEY_RULES = (
     (re.compile(r"^(encoder\.stages\.\d+\.\d+)\.0\."), r"\1."),  # nested Sequential of the public Vivim code
 )
 _DROPPED = re.compile(r"^(decoder\.classifier\.|encoder\.downsample_layers\.layer_norm\.)")  # never used by Vivim
+
+
+def _architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """What a state dict says about the network: channels, classes, stage widths and block counts."""
+
+    def count(prefix: str, stage: int) -> int:
+        pattern = re.compile(rf"^{prefix}\.{stage}\.(\d+)\.")
+        return len({m.group(1) for k in state if (m := pattern.match(k))})
+
+    info: dict[str, Any] = {}
+    if "out.weight" in state:
+        info["output classes"] = int(state["out.weight"].shape[0])
+    embed = "encoder.downsample_layers.patch_embeddings.{}.proj.weight"
+    if embed.format(0) in state:
+        info["input channels"] = int(state[embed.format(0)].shape[1])
+        info["stage widths"] = [int(state[embed.format(i)].shape[0]) for i in range(4) if embed.format(i) in state]
+    info["MiT blocks per stage"] = [count(r"encoder\.downsample_layers\.block", i) for i in range(4)]
+    info["ST-Mamba layers per stage"] = [count(r"encoder\.stages", i) for i in range(4)]
+    return info
 
 
 def remap_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,63 @@
+"""Config overlays in configs/ and the bundle metadata."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import REPO_ROOT, SHARED_SCHEMAS
+from monai.bundle import ConfigParser, verify_metadata
+
+from vivim_monai.networks import FrameWise, Vivim
+
+CONFIGS = sorted((REPO_ROOT / "configs").glob("*.json"))
+
+
+def test_there_are_network_overlays():
+    assert {p.stem for p in CONFIGS} >= {
+        "vivim_b3",
+        "vivim_b0",
+        "vivim_tiny",
+        "vivim_b0_spatial_only",
+        "per_frame_unet",
+    }
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_overlay_builds_its_network(path):
+    text = path.read_text()
+    assert text == json.dumps(json.loads(text), indent=4) + "\n", "JSON is pretty-printed with a 4-space indent"
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, (Vivim, FrameWise))
+    if path.stem == "vivim_tiny" or path.stem == "per_frame_unet":
+        with torch.no_grad():
+            assert net.eval()(torch.zeros(1, 3, 64, 64, 2)).shape == (1, 3, 64, 64, 2)
+
+
+def test_bundle_json_is_pretty_printed():
+    for path in (REPO_ROOT / "bundle").rglob("*.json"):
+        text = path.read_text()
+        assert text == json.dumps(json.loads(text), indent=4, ensure_ascii=False) + "\n", path
+
+
+def test_bundle_metadata_verifies_offline():
+    schema = SHARED_SCHEMAS / "meta_schema_20240725.json"
+    if not schema.is_file():
+        pytest.skip(f"bundle metadata schema {schema} is absent")
+    verify_metadata(meta_file=str(REPO_ROOT / "bundle" / "configs" / "metadata.json"), filepath=str(schema))
+
+
+def test_metadata_matches_network_and_pins():
+    meta = json.loads((REPO_ROOT / "bundle" / "configs" / "metadata.json").read_text())
+    image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
+    net = Vivim("tiny", in_channels=image["num_channels"], out_channels=pred["num_channels"]).eval()
+    with torch.no_grad():
+        assert net(torch.zeros(1, image["num_channels"], 32, 32, 3)).shape[1] == len(pred["channel_def"])
+    pins = dict(line.split("==") for line in (REPO_ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    assert meta["monai_version"] == pins["monai"] and meta["pytorch_version"] == pins["torch"]
+    assert meta["numpy_version"] == pins["numpy"]
+    for name, version in meta["required_packages_version"].items():
+        assert pins.get(name) == version, f"{name} pinned {pins.get(name)} in requirements.txt, {version} in metadata"

@@ -1,0 +1,43 @@
+"""DICOM cine reading into (C, H, W, T), checked against pydicom's own decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import manifest, shared_dir
+from pydicom import examples
+
+from vivim_monai.data import CineReadError, read_dicom_cine
+
+
+def test_pydicom_echo_cine():
+    path = examples.get_path("ybr_color")
+    cine = read_dicom_cine(path)
+    assert cine.shape == (3, 240, 320, 30)
+    expected = pydicom.dcmread(path).pixel_array  # (T, H, W, 3) RGB
+    np.testing.assert_array_equal(cine.numpy(), expected.transpose(3, 1, 2, 0).astype(np.float32))
+    assert cine.meta["frame_time_ms"] == pytest.approx(33.333)
+    assert cine.meta["sop_instance_uid"] == str(pydicom.dcmread(path).SOPInstanceUID)
+
+
+def test_unreadable_file_names_the_file(tmp_path):
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(CineReadError, match="broken.dcm"):
+        read_dicom_cine(bad)
+    assert issubclass(CineReadError, ValueError)
+
+
+@pytest.mark.slow
+def test_all_shared_cines_load_with_frames_in_order():
+    folder = shared_dir("dicom-cine")
+    for entry in manifest("dicom-cine"):
+        cine = read_dicom_cine(folder / entry["file"])
+        colour = entry["samples_per_pixel"] == 3 or entry["photometric"] == "PALETTE COLOR"
+        assert cine.shape == (3 if colour else 1, entry["rows"], entry["columns"], entry["number_of_frames"]), entry
+        assert 0 <= float(cine.min()) and float(cine.max()) <= 255, entry["file"]
+        if entry["photometric"] != "PALETTE COLOR":
+            last = pydicom.dcmread(folder / entry["file"]).pixel_array.reshape(entry["decoded_shape"])[-1]
+            last = last if last.ndim == 3 else last[..., None]
+            np.testing.assert_array_equal(cine.numpy()[..., -1], last.transpose(2, 0, 1), err_msg=entry["file"])
