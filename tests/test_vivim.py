@@ -11,7 +11,7 @@ from monai.bundle import ConfigParser
 
 from vivim_monai.networks import VIVIM_VARIANTS, Vivim
 from vivim_monai.networks.blocks import TriDirectionalMamba, st_mamba
-from vivim_monai.ops import available_backends, selective_scan_sequential
+from vivim_monai.ops import ScanOrder, available_backends, selective_scan_sequential
 
 
 def clip(batch=1, channels=3, height=64, width=96, frames=3, seed=0):
@@ -118,22 +118,28 @@ def test_time_is_mixed_only_by_st_mamba():
 
 def _naive_tri_direction(mixer: TriDirectionalMamba, x, frames, height, width, monkeypatch):
     """The three scans written as explicit token permutations, run with the sequential reference scan."""
-    monkeypatch.setattr(st_mamba, "selective_scan", lambda *a, backend=None, **k: selective_scan_sequential(*a, **k))
-    xz = mixer.in_proj(x).transpose(1, 2)
+
+    def sequential(*args, backend=None, scan_order=None, **kwargs):
+        assert scan_order == ScanOrder("forward")
+        return selective_scan_sequential(*args, **kwargs)
+
+    monkeypatch.setattr(st_mamba, "selective_scan", sequential)
+    x_in, z = mixer.in_proj(x).transpose(1, 2).chunk(2, dim=1)
     length, pixels = frames * height * width, height * width
     temporal_order = (torch.arange(frames)[None, :] * pixels + torch.arange(pixels)[:, None]).flatten()
     outputs = []
     for suffix, order in (("", torch.arange(length)), ("_b", torch.arange(length).flip(0)), ("_s", temporal_order)):
         y = torch.empty(x.shape[0], mixer.d_inner, length)
-        y[..., order] = mixer._scan(xz[..., order], suffix)
+        y[..., order] = mixer._scan(x_in[..., order], z[..., order], suffix, ScanOrder("forward"))
         outputs.append(y)
     return mixer.out_proj((sum(outputs) / 3).transpose(1, 2))
 
 
+@pytest.mark.parametrize("backend", available_backends("cpu"))
 @pytest.mark.parametrize("frames, height, width", [(1, 2, 3), (3, 2, 2), (4, 3, 5)])
-def test_tri_directional_scan_orders(frames, height, width, monkeypatch):
+def test_tri_directional_scan_orders(frames, height, width, backend, monkeypatch):
     torch.manual_seed(0)
-    mixer = TriDirectionalMamba(8, d_state=4)
+    mixer = TriDirectionalMamba(8, d_state=4, scan_backend=backend)
     x = torch.randn(2, frames * height * width, 8)
     with torch.no_grad():
         fast = mixer(x, frames, height, width)

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers import DropPath
 
-from vivim_monai.ops import causal_conv1d, selective_scan
+from vivim_monai.ops import ScanOrder, causal_conv1d, selective_scan
 
 __all__ = ["DetailSpecificFFN", "STMambaLayer", "TriDirectionalMamba"]
 
@@ -98,41 +98,41 @@ class TriDirectionalMamba(nn.Module):
                 dt = torch.exp(log_dt).clamp(min=dt_init_floor)
                 dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus: softplus(bias) == dt
 
-    def _scan(self, xz: torch.Tensor, suffix: str) -> torch.Tensor:
-        """One direction: causal conv + SiLU, x_proj -> (dt, B, C), selective scan with D skip and SiLU(z) gate."""
+    def _scan(self, x: torch.Tensor, z: torch.Tensor, suffix: str, order: ScanOrder) -> torch.Tensor:
+        """One direction over (B, d_inner, L) operands in memory order, visiting the tokens in ``order``.
+
+        Causal conv + SiLU, x_proj -> (dt, B, C), selective scan with D skip and SiLU(z) gate; the backends read the
+        operands in scan order (the compiled CPU kernel without copies) and return the output in memory order.
+        """
         conv, x_proj, dt_proj = (getattr(self, f"{name}{suffix}") for name in ("conv1d", "x_proj", "dt_proj"))
-        x, z = xz.chunk(2, dim=1)
-        x = causal_conv1d(x, conv.weight, conv.bias, activation="silu", backend=self.scan_backend)
-        dt, b_mat, c_mat = x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
-        a_mat = -torch.exp(getattr(self, f"A{suffix}_log").float())
+        x = causal_conv1d(x, conv.weight, conv.bias, activation="silu", backend=self.scan_backend, scan_order=order)
+        x_dbl = torch.matmul(x.transpose(1, 2), x_proj.weight.t())  # (B, L, dt_rank + 2N)
+        dt, b_mat, c_mat = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))  # (B, d_inner, L), bias added in the scan
         return selective_scan(
             x,
-            delta.contiguous(),
-            a_mat,
-            b_mat.transpose(1, 2).contiguous(),
-            c_mat.transpose(1, 2).contiguous(),
+            delta,
+            -torch.exp(getattr(self, f"A{suffix}_log").float()),
+            b_mat.transpose(1, 2),
+            c_mat.transpose(1, 2),
             getattr(self, f"D{suffix}").float(),
-            z=z.contiguous(),
+            z=z,
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
             backend=self.scan_backend,
+            scan_order=order,
         )
 
     def forward(self, x: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
         """x: (B, L = T*h*w, C) in (t, h, w) order -> (B, L, C)."""
-        batch, length, _ = x.shape
+        length = x.shape[1]
         if length != num_frames * height * width:
             raise ValueError(f"token count {length} != T*h*w = {num_frames}*{height}*{width}")
-        xz = self.in_proj(x).transpose(1, 2)  # (B, 2*d_inner, L)
-        y_forward = self._scan(xz, "")
-        y_backward = self._scan(xz.flip(-1), "_b").flip(-1)
-        pixels = height * width
-        xz_temporal = xz.reshape(batch, -1, num_frames, pixels).transpose(2, 3).reshape(batch, -1, length)
-        y_temporal = self._scan(xz_temporal, "_s")
-        y_temporal = y_temporal.reshape(batch, -1, pixels, num_frames).transpose(2, 3).reshape(batch, -1, length)
-        y = (y_forward + y_backward + y_temporal) / 3.0
-        return self.out_proj(y.transpose(1, 2))
+        xz = torch.matmul(self.in_proj.weight, x.transpose(1, 2))  # (B, 2*d_inner, L), channel-major
+        x_in, z = xz.chunk(2, dim=1)
+        orders = {"": ScanOrder("forward"), "_b": ScanOrder("reverse"), "_s": ScanOrder("temporal", num_frames)}
+        y = sum(self._scan(x_in, z, suffix, order) for suffix, order in orders.items())
+        return torch.matmul((y / 3.0).transpose(1, 2), self.out_proj.weight.t())
 
 
 class DetailSpecificFFN(nn.Module):
