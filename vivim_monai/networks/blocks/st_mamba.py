@@ -33,6 +33,15 @@ DIRECTIONS = ("", "_b", "_s")  # forward, backward, temporal-first ("spatial" in
 DT_INITS = ("mamba", "vivim")
 
 
+def _batched(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Batched matrix product where one side is a shared 2-D weight; bmm reads transposed operands without copies."""
+    if left.dim() == 2:
+        left = left.expand(right.shape[0], -1, -1)
+    else:
+        right = right.expand(left.shape[0], -1, -1)
+    return torch.bmm(left, right)
+
+
 class TriDirectionalMamba(nn.Module):
     """Mamba mixer over (t, h, w) tokens with forward, backward and temporal-first scans (``bimamba v3``).
 
@@ -106,9 +115,9 @@ class TriDirectionalMamba(nn.Module):
         """
         conv, x_proj, dt_proj = (getattr(self, f"{name}{suffix}") for name in ("conv1d", "x_proj", "dt_proj"))
         x = causal_conv1d(x, conv.weight, conv.bias, activation="silu", backend=self.scan_backend, scan_order=order)
-        x_dbl = torch.matmul(x.transpose(1, 2), x_proj.weight.t())  # (B, L, dt_rank + 2N)
+        x_dbl = _batched(x.transpose(1, 2), x_proj.weight.t())  # (B, L, dt_rank + 2N)
         dt, b_mat, c_mat = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))  # (B, d_inner, L), bias added in the scan
+        delta = _batched(dt_proj.weight, dt.transpose(1, 2))  # (B, d_inner, L), bias added in the scan
         return selective_scan(
             x,
             delta,
@@ -128,11 +137,12 @@ class TriDirectionalMamba(nn.Module):
         length = x.shape[1]
         if length != num_frames * height * width:
             raise ValueError(f"token count {length} != T*h*w = {num_frames}*{height}*{width}")
-        xz = torch.matmul(self.in_proj.weight, x.transpose(1, 2))  # (B, 2*d_inner, L), channel-major
+        xz = _batched(self.in_proj.weight, x.transpose(1, 2))  # (B, 2*d_inner, L), channel-major
         x_in, z = xz.chunk(2, dim=1)
-        orders = {"": ScanOrder("forward"), "_b": ScanOrder("reverse"), "_s": ScanOrder("temporal", num_frames)}
-        y = sum(self._scan(x_in, z, suffix, order) for suffix, order in orders.items())
-        return torch.matmul((y / 3.0).transpose(1, 2), self.out_proj.weight.t())
+        y = self._scan(x_in, z, "", ScanOrder("forward"))
+        y = y + self._scan(x_in, z, "_b", ScanOrder("reverse"))
+        y = y + self._scan(x_in, z, "_s", ScanOrder("temporal", num_frames))
+        return _batched(y.transpose(1, 2), self.out_proj.weight.t() / 3.0)  # mean of the directions, projected
 
 
 class DetailSpecificFFN(nn.Module):
@@ -147,9 +157,9 @@ class DetailSpecificFFN(nn.Module):
 
     def forward(self, x: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
         batch, length, _ = x.shape
-        x = self.fc1(x)
-        x = x.transpose(1, 2).reshape(batch, -1, num_frames, height, width)
-        x = self.dwconv.dwconv(x).flatten(2).transpose(1, 2)
+        # tokens (B, T*h*w, C') are a channels-last 3-D map: convolve it in place of a transposed copy
+        x = self.fc1(x).view(batch, num_frames, height, width, -1).permute(0, 4, 1, 2, 3)
+        x = self.dwconv.dwconv(x).permute(0, 2, 3, 4, 1).reshape(batch, length, -1)
         return self.fc2(F.gelu(x))
 
 

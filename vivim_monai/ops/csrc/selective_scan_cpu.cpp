@@ -388,6 +388,8 @@ std::vector<torch::Tensor> scan_backward_impl(const torch::Tensor& grad_out, con
   return {du, ddelta, dA_parts.sum(0), dB_parts.sum(0), dC_parts.sum(0), dD_parts.sum(0), dz, dbias_parts.sum(0)};
 }
 
+// Causal depthwise conv1d along a scan order. Each row is gathered into scan order (zero-padded in front), convolved
+// with vectorised loops and scattered back to memory order; everything per row stays in L1/L2.
 template <typename T>
 torch::Tensor conv_forward_impl(const torch::Tensor& x, const torch::Tensor& weight,
                                 const c10::optional<torch::Tensor>& bias, bool silu,
@@ -397,18 +399,29 @@ torch::Tensor conv_forward_impl(const torch::Tensor& x, const torch::Tensor& wei
   const Strides xs = strides3(x);
   const int64_t* position = order.data();
   at::parallel_for(0, batch * dim, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> padded(length + width - 1, T(0)), result(length), w(width);
     for (int64_t row_index = begin; row_index < end; ++row_index) {
       const int64_t b = row_index / dim, d = row_index % dim;
       const T* x_row = x.data_ptr<T>() + b * xs.b + d * xs.d;
-      const T* w = weight.data_ptr<T>() + d * weight.stride(0);
+      for (int64_t k = 0; k < width; ++k) w[k] = weight.data_ptr<T>()[d * weight.stride(0) + k * weight.stride(1)];
       const T bias_d = bias.has_value() ? bias->data_ptr<T>()[d] : T(0);
       T* out_row = out.data_ptr<T>() + (b * dim + d) * length;
-      for (int64_t i = 0; i < length; ++i) {
-        T acc = bias_d;
-        for (int64_t k = std::max<int64_t>(0, width - 1 - i); k < width; ++k)
-          acc += w[k * weight.stride(1)] * x_row[position[i - width + 1 + k] * xs.l];
-        out_row[position[i]] = silu ? acc * sigmoid(acc) : acc;
+      T* xp = padded.data() + width - 1;
+      for (int64_t i = 0; i < length; ++i) xp[i] = x_row[position[i] * xs.l];
+      T* r = result.data();
+      const T* xw = padded.data();
+#pragma omp simd
+      for (int64_t i = 0; i < length; ++i) r[i] = bias_d;
+      for (int64_t k = 0; k < width; ++k) {
+        const T wk = w[k];
+#pragma omp simd
+        for (int64_t i = 0; i < length; ++i) r[i] += wk * xw[i + k];
       }
+      if (silu) {
+#pragma omp simd
+        for (int64_t i = 0; i < length; ++i) r[i] = r[i] * sigmoid(r[i]);
+      }
+      for (int64_t i = 0; i < length; ++i) out_row[position[i]] = r[i];
     }
   });
   return out;
@@ -420,39 +433,65 @@ std::vector<torch::Tensor> conv_backward_impl(const torch::Tensor& grad_out, con
                                               bool silu, const std::vector<int64_t>& order) {
   const int64_t batch = x.size(0), dim = x.size(1), length = x.size(2), width = weight.size(1);
   const int threads = at::get_num_threads();
-  auto dx = torch::zeros({batch, dim, length}, x.options());
+  auto dx = torch::empty({batch, dim, length}, x.options());
   auto dw_parts = torch::zeros({threads, dim, width}, x.options());
   auto db_parts = torch::zeros({threads, dim}, x.options());
   const Strides xs = strides3(x), gs = strides3(grad_out);
   const int64_t* position = order.data();
   at::parallel_for(0, batch * dim, 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
+    // x zero-padded in front, gradient zero-padded at the back, both in scan order
+    std::vector<T> x_padded(length + width - 1, T(0)), g_padded(length + width - 1, T(0)), dx_scan(length), w(width);
     for (int64_t row_index = begin; row_index < end; ++row_index) {
       const int64_t b = row_index / dim, d = row_index % dim;
       const T* x_row = x.data_ptr<T>() + b * xs.b + d * xs.d;
       const T* g_row = grad_out.data_ptr<T>() + b * gs.b + d * gs.d;
-      const T* w = weight.data_ptr<T>() + d * weight.stride(0);
+      for (int64_t k = 0; k < width; ++k) w[k] = weight.data_ptr<T>()[d * weight.stride(0) + k * weight.stride(1)];
       const T bias_d = bias.has_value() ? bias->data_ptr<T>()[d] : T(0);
-      T* dx_row = dx.data_ptr<T>() + (b * dim + d) * length;
-      T* dw = dw_parts.data_ptr<T>() + (tid * dim + d) * width;
-      T db = 0;
+      T* xp = x_padded.data() + width - 1;
+      T* g = g_padded.data();
+      const T* xw = x_padded.data();
       for (int64_t i = 0; i < length; ++i) {
-        const int64_t first = std::max<int64_t>(0, width - 1 - i);
-        T g = g_row[position[i] * gs.l];
-        if (silu) {
-          T pre = bias_d;
-          for (int64_t k = first; k < width; ++k)
-            pre += w[k * weight.stride(1)] * x_row[position[i - width + 1 + k] * xs.l];
-          const T sig = sigmoid(pre);
-          g *= sig * (T(1) + pre * (T(1) - sig));
+        xp[i] = x_row[position[i] * xs.l];
+        g[i] = g_row[position[i] * gs.l];
+      }
+      if (silu) {  // recompute the pre-activation and apply silu'(pre) = sig (1 + pre (1 - sig))
+        T* pre = dx_scan.data();
+#pragma omp simd
+        for (int64_t i = 0; i < length; ++i) pre[i] = bias_d;
+        for (int64_t k = 0; k < width; ++k) {
+          const T wk = w[k];
+#pragma omp simd
+          for (int64_t i = 0; i < length; ++i) pre[i] += wk * xw[i + k];
         }
-        db += g;
-        for (int64_t k = first; k < width; ++k) {
-          const int64_t src = position[i - width + 1 + k];
-          dw[k] += g * x_row[src * xs.l];
-          dx_row[src] += g * w[k * weight.stride(1)];
+#pragma omp simd
+        for (int64_t i = 0; i < length; ++i) {
+          const T sig = sigmoid(pre[i]);
+          g[i] *= sig * (T(1) + pre[i] * (T(1) - sig));
         }
       }
+      T db = 0;
+#pragma omp simd reduction(+ : db)
+      for (int64_t i = 0; i < length; ++i) db += g[i];
+      T* dw = dw_parts.data_ptr<T>() + (tid * dim + d) * width;
+      for (int64_t k = 0; k < width; ++k) {
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = 0; i < length; ++i) acc += g[i] * xw[i + k];
+        dw[k] += acc;
+      }
+      // dx at scan position j collects g[j + width - 1 - k] * w[k]
+      T* dxs = dx_scan.data();
+#pragma omp simd
+      for (int64_t j = 0; j < length; ++j) dxs[j] = T(0);
+      for (int64_t k = 0; k < width; ++k) {
+        const T wk = w[k];
+        const T* gk = g + (width - 1 - k);
+#pragma omp simd
+        for (int64_t j = 0; j < length; ++j) dxs[j] += wk * gk[j];
+      }
+      T* dx_row = dx.data_ptr<T>() + (b * dim + d) * length;
+      for (int64_t j = 0; j < length; ++j) dx_row[position[j]] = dxs[j];
       db_parts.data_ptr<T>()[tid * dim + d] += db;
     }
   });
