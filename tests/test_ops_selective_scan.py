@@ -189,6 +189,24 @@ def test_scan_orders_match_explicit_permutation(backend, order):
         torch.testing.assert_close(grad, ref, **FP32_TOL)
 
 
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="compiled CPU kernel unavailable")
+@pytest.mark.parametrize("dim, groups", [(16, 0), (40, 0), (36, 2), (7, 0)])
+@pytest.mark.parametrize("order", ORDERS[:2] + ORDERS[3:], ids=lambda o: f"{o.kind}{o.num_frames}")
+def test_cpu_kernel_channel_blocks_with_16_states(dim, groups, order):
+    """N = 16 in float32 takes the channel-vectorised path: full and partial blocks of 16 channels, groups, orders."""
+    inputs = make_inputs(2, dim, 150, 16, groups=groups)
+    perm = permutation(order, 150)
+    permuted = {k: (v[..., perm] if v.dim() in (3, 4) and v.shape[-1] == 150 else v) for k, v in inputs.items()}
+    expected = torch.empty_like(inputs["u"])
+    expected[..., perm] = selective_scan_sequential(**permuted, delta_softplus=True)
+    out = selective_scan(**inputs, delta_softplus=True, backend="cpu", scan_order=order)
+    torch.testing.assert_close(out, expected, **FP32_TOL)
+    grads = torch.autograd.grad(out.square().sum(), list(inputs.values()))
+    ref_grads = torch.autograd.grad(expected.square().sum(), list(inputs.values()))
+    for name, grad, ref in zip(inputs, grads, ref_grads):
+        torch.testing.assert_close(grad, ref, atol=1e-3, rtol=1e-3, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
 def test_temporal_order_needs_whole_frames():
     inputs = {k: v.detach() for k, v in make_inputs(1, 4, 10, 4).items()}
     with pytest.raises(ValueError, match="not a multiple of T=3"):

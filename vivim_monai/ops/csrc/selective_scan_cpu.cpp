@@ -21,6 +21,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -199,6 +200,58 @@ inline void forward_row(const int64_t* position, int64_t length, int64_t chunk, 
   }
 }
 
+// Skip connection and gate of one row, elementwise in memory order (vectorised post-pass): out = (y + D u) silu(z).
+template <typename T>
+inline void finish_row(const Row<T>& row, T D_d, int64_t length, T* out_row) {
+  if (row.z) {
+#pragma omp simd
+    for (int64_t m = 0; m < length; ++m) {
+      const T zz = row.z[m * row.s_z];
+      out_row[m] = (out_row[m] + D_d * row.u[m * row.s_u]) * zz * sigmoid(zz);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t m = 0; m < length; ++m) out_row[m] += D_d * row.u[m * row.s_u];
+  }
+}
+
+constexpr int64_t kLanes = 16;  // channels per block in the channel-vectorised float path
+constexpr int64_t kBlockState = 16;
+
+// Channel-vectorised recurrence for up to 16 channels of one (batch, group) that share B and C, with N = 16 states:
+// the 16 x 16 state lives in registers/L1, B_t and C_t are broadcast, and y needs no horizontal reduction.
+// dtT/duT hold delta and delta*u transposed to (L, 16); yT receives C.h transposed the same way.
+inline void forward_block(const int64_t* position, int64_t length, int64_t chunk, const float* dtT, const float* duT,
+                          const float* AT, const float* B_base, int64_t s_B, const float* C_base, int64_t s_C,
+                          float* yT, float* const* ckpt_rows, int64_t count) {
+  alignas(64) float h[kBlockState * kLanes] = {};
+  for (int64_t start = 0; start < length; start += chunk) {
+    for (int64_t dd = 0; dd < count; ++dd)
+      for (int64_t n = 0; n < kBlockState; ++n) ckpt_rows[dd][(start / chunk) * kBlockState + n] = h[n * kLanes + dd];
+    const int64_t stop = std::min(length, start + chunk);
+    for (int64_t i = start; i < stop; ++i) {
+      const int64_t m = position[i];
+      const float* dtv = dtT + m * kLanes;
+      const float* duv = duT + m * kLanes;
+      const float* B_m = B_base + m * s_B;
+      const float* C_m = C_base + m * s_C;
+      alignas(64) float y[kLanes] = {};
+      for (int64_t n = 0; n < kBlockState; ++n) {
+        const float bn = B_m[n], cn = C_m[n];
+        float* hn = h + n * kLanes;
+        const float* an = AT + n * kLanes;
+#pragma omp simd aligned(hn, an, y : 64)
+        for (int64_t dd = 0; dd < kLanes; ++dd) {
+          const float hv = fast_exp(dtv[dd] * an[dd]) * hn[dd] + duv[dd] * bn;
+          hn[dd] = hv;
+          y[dd] += cn * hv;
+        }
+      }
+      std::copy(y, y + kLanes, yT + m * kLanes);
+    }
+  }
+}
+
 template <typename T>
 std::vector<torch::Tensor> scan_forward_impl(const torch::Tensor& u, const torch::Tensor& delta,
                                              const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& C,
@@ -207,7 +260,7 @@ std::vector<torch::Tensor> scan_forward_impl(const torch::Tensor& u, const torch
                                              const c10::optional<torch::Tensor>& delta_bias, bool delta_softplus,
                                              const std::vector<int64_t>& order, int64_t chunk) {
   const int64_t batch = u.size(0), dim = u.size(1), length = u.size(2), nstate = A.size(1);
-  const int64_t per_group = dim / B.size(1);
+  const int64_t groups = B.size(1), per_group = dim / groups;
   const int64_t num_chunks = (length + chunk - 1) / chunk;
   auto out = torch::empty({batch, dim, length}, u.options());
   auto checkpoints = torch::empty({batch, dim, num_chunks, nstate}, u.options());
@@ -217,36 +270,76 @@ std::vector<torch::Tensor> scan_forward_impl(const torch::Tensor& u, const torch
   T* out_ptr = out.data_ptr<T>();
   T* ckpt_ptr = checkpoints.data_ptr<T>();
   const int64_t* position = order.data();
+  const bool blocked = std::is_same<T, float>::value && nstate == kBlockState;
+  const int64_t lanes = blocked ? kLanes : 1;
+  const int64_t blocks_per_group = (per_group + lanes - 1) / lanes;
 
-  at::parallel_for(0, batch * dim, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> dt_buffer(length);
-    T* dt_row = dt_buffer.data();
-    for (int64_t row_index = begin; row_index < end; ++row_index) {
-      const int64_t b = row_index / dim, d = row_index % dim;
-      const Row<T> row = make_row<T>(u, delta, z, B, C, b, d, per_group);
+  at::parallel_for(0, batch * groups * blocks_per_group, 1, [&](int64_t begin, int64_t end) {
+    // scratch reused across calls (no page faults on every call): per-channel step sizes, then (L, 16) slabs
+    static thread_local std::vector<T> scratch;
+    static thread_local std::vector<float> slabs;
+    if (scratch.size() < static_cast<size_t>(lanes * length)) scratch.resize(lanes * length);
+    if (blocked && slabs.size() < static_cast<size_t>(3 * kLanes * length + kLanes)) {
+      slabs.resize(3 * kLanes * length + kLanes);
+    }
+    T* dt_buffer = scratch.data();
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t b = block / (groups * blocks_per_group);
+      const int64_t g = (block / blocks_per_group) % groups;
+      const int64_t d0 = g * per_group + (block % blocks_per_group) * lanes;
+      const int64_t count = std::min(lanes, (g + 1) * per_group - d0);
+      std::vector<Row<T>> rows;
+      for (int64_t dd = 0; dd < count; ++dd) {
+        rows.push_back(make_row<T>(u, delta, z, B, C, b, d0 + dd, per_group));
+        step_sizes(rows[dd], bias_ptr ? bias_ptr[d0 + dd] : T(0), delta_softplus, length, dt_buffer + dd * length);
+      }
+      if constexpr (std::is_same<T, float>::value) {
+        if (blocked) {
+          // 64-byte aligned (L, 16) slabs: delta, delta*u, and the C.h outputs
+          float* base = slabs.data();
+          while (reinterpret_cast<uintptr_t>(base) % 64) ++base;
+          float *dtT = base, *duT = base + kLanes * length, *yT = base + 2 * kLanes * length;
+          alignas(64) float AT[kBlockState * kLanes] = {};
+          float* ckpt_rows[kLanes];
+          for (int64_t dd = 0; dd < kLanes; ++dd) {
+            for (int64_t n = 0; n < kBlockState; ++n)
+              AT[n * kLanes + dd] = dd < count ? A_ptr[(d0 + dd) * A.stride(0) + n] : 0.0f;
+            ckpt_rows[dd] = ckpt_ptr + (b * dim + d0 + std::min(dd, count - 1)) * num_chunks * nstate;
+          }
+          // transpose to (L, 16) in 16-position tiles; idle lanes get delta = 0 (their state stays 0)
+          for (int64_t m0 = 0; m0 < length; m0 += kLanes) {
+            const int64_t m1 = std::min(length, m0 + kLanes);
+            for (int64_t dd = 0; dd < kLanes; ++dd) {
+              const float* dt_dd = dt_buffer + dd * length;
+              const float* u_dd = dd < count ? rows[dd].u : nullptr;
+              const int64_t s_u = dd < count ? rows[dd].s_u : 0;
+              for (int64_t m = m0; m < m1; ++m) {
+                const float dt = u_dd ? dt_dd[m] : 0.0f;
+                dtT[m * kLanes + dd] = dt;
+                duT[m * kLanes + dd] = u_dd ? dt * u_dd[m * s_u] : 0.0f;
+              }
+            }
+          }
+          forward_block(position, length, chunk, dtT, duT, AT, rows[0].B, rows[0].s_B, rows[0].C, rows[0].s_C, yT,
+                        ckpt_rows, count);
+          for (int64_t dd = 0; dd < count; ++dd) {
+            float* out_row = out_ptr + (b * dim + d0 + dd) * length;
+            for (int64_t m = 0; m < length; ++m) out_row[m] = yT[m * kLanes + dd];
+            finish_row(rows[dd], D_ptr ? D_ptr[d0 + dd] : 0.0f, length, out_row);
+          }
+          continue;
+        }
+      }
+      const int64_t d = d0;
       const T* A_d = A_ptr + d * A.stride(0);
-      const T D_d = D_ptr ? D_ptr[d] : T(0);
       T* ckpt = ckpt_ptr + (b * dim + d) * num_chunks * nstate;
       T* out_row = out_ptr + (b * dim + d) * length;
-      step_sizes(row, bias_ptr ? bias_ptr[d] : T(0), delta_softplus, length, dt_row);
       if (nstate == 16) {
-        forward_row<T, 16>(position, length, chunk, nstate, dt_row, row, A_d, out_row, ckpt);
+        forward_row<T, 16>(position, length, chunk, nstate, dt_buffer, rows[0], A_d, out_row, ckpt);
       } else {
-        forward_row<T, 0>(position, length, chunk, nstate, dt_row, row, A_d, out_row, ckpt);
+        forward_row<T, 0>(position, length, chunk, nstate, dt_buffer, rows[0], A_d, out_row, ckpt);
       }
-      // skip connection and gate, elementwise in memory order (vectorised post-pass)
-      const T* u_row = row.u;
-      if (row.z) {
-        const T* z_row = row.z;
-#pragma omp simd
-        for (int64_t m = 0; m < length; ++m) {
-          const T zz = z_row[m * row.s_z];
-          out_row[m] = (out_row[m] + D_d * u_row[m * row.s_u]) * zz * sigmoid(zz);
-        }
-      } else {
-#pragma omp simd
-        for (int64_t m = 0; m < length; ++m) out_row[m] += D_d * u_row[m * row.s_u];
-      }
+      finish_row(rows[0], D_ptr ? D_ptr[d] : T(0), length, out_row);
     }
   });
   return {out, checkpoints};
