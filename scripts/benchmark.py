@@ -1,38 +1,53 @@
-"""Benchmarks of vivim-monai; prints Markdown tables whose numbers go into the docs (never into tests).
+"""Benchmarks of vivim-monai; prints Markdown tables whose numbers go into docs/performance.md (never into tests).
 
-    python scripts/benchmark.py forward [--variants tiny b0 b3] [--backends cpu torch] [--frames 5] [--size 256]
+    python scripts/benchmark.py scan      # selective scan: compiled CPU vs PyTorch references (vs mamba-ssm on CUDA)
+    python scripts/benchmark.py forward   # Vivim inference latency per variant and backend vs spatial-only
+    python scripts/benchmark.py memory    # peak inference memory vs clip length, ST-Mamba vs global attention
+    python scripts/benchmark.py all       # the three above, in one run
 
-``forward``: CPU (or CUDA) inference latency of one clip (B=1, 3 x size x size x frames) per Vivim variant and scan
-backend, with the same network without ST-Mamba layers (``mamba_depths = 0``) as the spatial-only reference. All
-rows of one run are measured side by side on the same machine, so their ratios are comparable.
+All rows of one run are measured side by side on the same machine, so their ratios are comparable. Times are the
+median of ``--repeats`` runs after a warm-up (CUDA is synchronised around every run).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
+from typing import Callable
 
 import torch
+import torch.nn as nn
 
 from vivim_monai.networks import Vivim
-from vivim_monai.ops import available_backends
+from vivim_monai.networks.blocks import TriDirectionalMamba
+from vivim_monai.ops import available_backends, cpu_kernel, selective_scan, selective_scan_chunked
+from vivim_monai.ops import selective_scan_sequential
+
+#: Vivim's selective-scan sizes for one 5 x 256 x 256 clip: D = 2 C (expand 2), L = T h w, N = 16.
+STAGE_SIZES = ((128, 20480), (256, 5120), (640, 1280), (1024, 320))
 
 
 def machine_description() -> str:
     cpu = platform.processor() or platform.machine()
     if os.path.exists("/proc/cpuinfo"):
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
         cpu = names[0] if names else cpu
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
 
 
-def time_call(fn, repeats: int, device: torch.device) -> tuple[float, float]:
-    """(median, min) seconds over ``repeats`` calls after one warm-up, synchronising CUDA around each call."""
-    fn()
+def time_call(fn: Callable[[], object], repeats: int, device: torch.device, warmup: bool = True) -> float:
+    """Median seconds over ``repeats`` calls (after one warm-up call), synchronising CUDA around each call."""
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -42,52 +57,248 @@ def time_call(fn, repeats: int, device: torch.device) -> tuple[float, float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
+    return statistics.median(times)
 
 
+# ----------------------------------------------------------------------------------------------------------- scan
+def scan_inputs(dim: int, length: int, device: torch.device, grad: bool) -> dict[str, torch.Tensor]:
+    """Vivim-like operands: softplus step sizes around 0.05-0.2, S4D-real A, a gate and a skip."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        "u": torch.randn(1, dim, length, generator=generator),
+        "delta": torch.randn(1, dim, length, generator=generator) * 0.5 - 2.0,
+        "A": -torch.arange(1.0, 17.0).repeat(dim, 1),
+        "B": torch.randn(1, 16, length, generator=generator),
+        "C": torch.randn(1, 16, length, generator=generator),
+        "D": torch.ones(dim),
+        "z": torch.randn(1, dim, length, generator=generator),
+        "delta_bias": torch.rand(dim, generator=generator) * 0.1,
+    }
+    return {k: v.to(device).requires_grad_(grad) for k, v in tensors.items()}
+
+
+def scan_implementations(device: torch.device) -> dict[str, Callable[..., torch.Tensor]]:
+    impls: dict[str, Callable[..., torch.Tensor]] = {"sequential (PyTorch loop)": selective_scan_sequential}
+    impls["chunked (PyTorch ops)"] = selective_scan_chunked
+    for backend in available_backends(device):
+        if backend != "torch":
+            impls[f"{backend} backend"] = lambda *a, b=backend, **k: selective_scan(*a, backend=b, **k)
+    return impls
+
+
+def exp_bound() -> tuple[float, str]:
+    """Vectorised exp throughput (elements/s) on all threads: the kernel's fast_exp, else torch.exp."""
+    ext = cpu_kernel.load_extension()
+    if ext is not None:
+        elements, repeats = 4096, 20000
+        seconds = ext.exp_throughput(elements, repeats)
+        return elements * repeats * torch.get_num_threads() / seconds, "kernel fast_exp, L1-resident"
+    values = torch.randn(1 << 16)
+    seconds = time_call(lambda: torch.exp(values), 50, torch.device("cpu"))
+    return values.numel() / seconds, "torch.exp, L2-resident"
+
+
+def bench_scan(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    impls = scan_implementations(device)
+    print("### Selective scan (B = 1, N = 16, softplus delta, D skip, SiLU(z) gate, fp32)\n")
+    print("| D | L | implementation | forward (ms) | forward+backward (ms) | fwd speed-up | fwd+bwd speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    fastest: dict[tuple[int, int], float] = {}
+    for dim, length in STAGE_SIZES:
+        baseline: tuple[float, float] | None = None
+        for name, fn in impls.items():
+            sequential = fn is selective_scan_sequential  # minutes at stage 1 with autograd: run it once
+            repeats = 1 if sequential else args.repeats
+            inputs = scan_inputs(dim, length, device, grad=False)
+            with torch.no_grad():
+                forward = time_call(lambda: fn(**inputs, delta_softplus=True), repeats, device)
+            inputs = scan_inputs(dim, length, device, grad=True)
+
+            def forward_backward():
+                fn(**inputs, delta_softplus=True).sum().backward()
+
+            both = time_call(forward_backward, repeats, device, warmup=not sequential)
+            baseline = baseline or (forward, both)
+            print(
+                f"| {dim} | {length} | {name} | {forward * 1e3:.1f} | {both * 1e3:.1f} | "
+                f"{baseline[0] / forward:.1f}x | {baseline[1] / both:.1f}x |"
+            )
+            if name == "cpu backend":
+                fastest[(dim, length)] = forward
+    if fastest and device.type == "cpu":
+        rate, source = exp_bound()
+        print(f"\nVectorised exp throughput ({source}, {torch.get_num_threads()} threads): {rate / 1e9:.2f} G/s\n")
+        print("| D | L | exps (D·L·N) | exp-bound time (ms) | cpu backend forward (ms) | fraction of bound |")
+        print("|---|---|---|---|---|---|")
+        for (dim, length), seconds in fastest.items():
+            exps = dim * length * 16
+            print(
+                f"| {dim} | {length} | {exps / 1e6:.1f} M | {exps / rate * 1e3:.1f} | {seconds * 1e3:.1f} | "
+                f"{exps / rate / seconds:.2f} |"
+            )
+    print()
+
+
+# -------------------------------------------------------------------------------------------------------- forward
 def bench_forward(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     backends = args.backends or available_backends(device)
     x = torch.randn(1, 3, args.size, args.size, args.frames, device=device)
-    print(f"Machine: {machine_description()}")
-    print(
-        f"Clip: 1 x 3 x {args.size} x {args.size} x {args.frames} frames, float32, inference mode, "
-        f"median of {args.repeats} runs after a warm-up\n"
-    )
-    print("| variant | params (M) | scan backend | latency (s) | frames/s | vs spatial-only |")
+    print(f"### Vivim inference, 1 x 3 x {args.size} x {args.size} x {args.frames} clip, fp32\n")
+    print("| variant | params (M) | scan backend | latency (s) | frames/s | ST-Mamba overhead vs spatial-only |")
     print("|---|---|---|---|---|---|")
     for variant in args.variants:
         torch.manual_seed(0)
         spatial = Vivim(variant, mamba_depths=(0, 0, 0, 0)).to(device).eval()
         with torch.inference_mode():
-            base, _ = time_call(lambda: spatial(x), args.repeats, device)
+            base = time_call(lambda: spatial(x), args.repeats, device)
         params = sum(p.numel() for p in spatial.parameters()) / 1e6
-        print(f"| {variant} spatial-only | {params:.2f} | - | {base:.3f} | {args.frames / base:.2f} | 1.00x |")
+        print(f"| {variant} spatial-only | {params:.2f} | - | {base:.3f} | {args.frames / base:.2f} | - |")
         for backend in backends:
             torch.manual_seed(0)
             net = Vivim(variant, scan_backend=backend).to(device).eval()
             with torch.inference_mode():
-                median, _ = time_call(lambda: net(x), args.repeats, device)
+                median = time_call(lambda: net(x), args.repeats, device)
             params = sum(p.numel() for p in net.parameters()) / 1e6
             print(
                 f"| {variant} | {params:.2f} | {backend} | {median:.3f} | {args.frames / median:.2f} | "
-                f"{median / base:.2f}x |"
+                f"+{(median / base - 1) * 100:.0f} % |"
             )
+        if device.type == "cuda":
+            for dtype in (torch.bfloat16, torch.float16):
+                with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+                    median = time_call(lambda: net(x), args.repeats, device)
+                print(
+                    f"| {variant} autocast {str(dtype).split('.')[-1]} | {params:.2f} | {backends[0]} | "
+                    f"{median:.3f} | {args.frames / median:.2f} | - |"
+                )
+    print()
+
+
+# --------------------------------------------------------------------------------------------------------- memory
+class GlobalAttentionMixer(nn.Module):
+    """Full spatio-temporal self-attention over all T*h*w tokens with an explicit attention matrix (comparator)."""
+
+    def __init__(self, dim: int, heads: int = 1) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        attention = torch.softmax(q @ k.transpose(-1, -2) * (dim // self.heads) ** -0.5, dim=-1)
+        return self.proj((attention @ v).transpose(1, 2).reshape(batch, length, dim))
+
+
+def memory_worker(args: argparse.Namespace) -> None:
+    """One measurement in a fresh process: peak resident memory of one inference (prints JSON)."""
+    torch.manual_seed(0)
+    net = Vivim(args.variant, in_channels=3, out_channels=2).eval()
+    if args.mixer == "attention":
+        for module in list(net.modules()):
+            for name, child in module.named_children():
+                if isinstance(child, TriDirectionalMamba):
+                    setattr(module, name, GlobalAttentionMixer(child.dim))
+    x = torch.randn(1, 3, args.size, args.size, args.frames)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with torch.inference_mode():
+        net(x)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mb": peak / 1024, "increase_mb": (peak - before) / 1024, "seconds": seconds}))
+
+
+def bench_memory(args: argparse.Namespace) -> None:
+    print(f"### Peak inference memory vs clip length, Vivim-{args.variant} at {args.size}x{args.size}, CPU\n")
+    print("Each row runs in a fresh process; 'increase' is peak RSS during the forward pass minus RSS before it.\n")
+    print("| mixer | T | stage-1 tokens | peak RSS (MB) | increase (MB) | time (s) |")
+    print("|---|---|---|---|---|---|")
+    results: dict[str, dict[int, float]] = {"mamba": {}, "attention": {}}
+    for mixer in ("mamba", "attention"):
+        for frames in args.lengths:
+            tokens = frames * (args.size // 4) ** 2
+            if mixer == "attention" and tokens**2 * 4 / 2**30 > args.attention_budget_gb:
+                print(
+                    f"| global attention | {frames} | {tokens} | not run: the stage-1 attention matrix alone needs "
+                    f"{tokens**2 * 4 / 2**30:.0f} GiB (> {args.attention_budget_gb} GiB budget) | - | - |"
+                )
+                continue
+            command = [
+                sys.executable,
+                __file__,
+                "memory-worker",
+                "--variant",
+                args.variant,
+                "--mixer",
+                mixer,
+                "--frames",
+                str(frames),
+                "--size",
+                str(args.size),
+            ]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(
+                    f"| {mixer} | {frames} | {tokens} | failed: {done.stderr.strip().splitlines()[-1][:80]} | - | - |"
+                )
+                continue
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            results[mixer][frames] = row["increase_mb"]
+            label = "ST-Mamba" if mixer == "mamba" else "global attention"
+            print(
+                f"| {label} | {frames} | {tokens} | {row['peak_mb']:.0f} | {row['increase_mb']:.0f} | "
+                f"{row['seconds']:.2f} |"
+            )
+    for mixer, by_length in results.items():
+        if len(by_length) >= 2:
+            short, long = min(by_length), max(by_length)
+            print(
+                f"\n{mixer}: increase at T={long} / T={short} = {by_length[long] / by_length[short]:.2f}x "
+                f"(frames ratio {long / short:.0f}x)"
+            )
+    print()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("scan", help="selective scan implementations at Vivim's four stage sizes")
     forward = sub.add_parser("forward", help="inference latency per variant and backend")
-    forward.add_argument("--variants", nargs="+", default=["tiny", "b0", "b3"])
-    forward.add_argument("--backends", nargs="+", default=None, help="default: every backend available here")
-    forward.add_argument("--frames", type=int, default=5)
-    forward.add_argument("--size", type=int, default=256)
-    forward.add_argument("--repeats", type=int, default=3)
-    forward.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    forward.set_defaults(func=bench_forward)
+    memory = sub.add_parser("memory", help="peak inference memory versus clip length")
+    everything = sub.add_parser("all", help="scan, forward and memory")
+    for p in (forward, everything):
+        p.add_argument("--variants", nargs="+", default=["b0", "b3"])
+        p.add_argument("--backends", nargs="+", default=None, help="default: every backend available here")
+        p.add_argument("--frames", type=int, default=5)
+        p.add_argument("--size", type=int, default=256)
+    for p in (memory, everything):
+        p.add_argument("--variant", default="b0")
+        p.add_argument("--lengths", nargs="+", type=int, default=[8, 16, 32, 64])
+        p.add_argument("--memory-size", dest="size_memory", type=int, default=256)
+        p.add_argument("--attention-budget-gb", type=float, default=12.0)
+    worker = sub.add_parser("memory-worker")
+    worker.add_argument("--variant", default="b0")
+    worker.add_argument("--mixer", choices=["mamba", "attention"], default="mamba")
+    worker.add_argument("--frames", type=int, default=8)
+    worker.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
-    args.func(args)
+    if args.command != "memory-worker":
+        print(f"Machine: {machine_description()}\n")
+    if args.command in ("scan", "all"):
+        bench_scan(args)
+    if args.command in ("forward", "all"):
+        bench_forward(args)
+    if args.command in ("memory", "all"):
+        args.size = args.size_memory
+        bench_memory(args)
+    if args.command == "memory-worker":
+        memory_worker(args)
 
 
 if __name__ == "__main__":

@@ -265,6 +265,27 @@ def test_cpu_kernel_fp32_parity_at_vivim_stage_sizes(dim, length):
         torch.testing.assert_close(grad / scale, expected / scale, atol=1e-4, rtol=1e-3, msg=lambda m, n=name: n + m)
 
 
+def test_failed_kernel_build_falls_back_with_one_warning(monkeypatch):
+    from torch.utils import cpp_extension
+
+    from vivim_monai.ops import cpu_kernel
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("error: command 'c++' failed: No such file or directory")
+
+    monkeypatch.setattr(cpu_kernel, "_STATE", {})
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.warns(RuntimeWarning, match="falling back to the pure-PyTorch scan") as caught:
+        assert resolve_backend(None, "cpu") == "torch"
+        assert resolve_backend(None, "cpu") == "torch"
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1, "warned once"
+    with pytest.raises(RuntimeError, match="failed to build.*No such file"):
+        resolve_backend("cpu", "cpu")
+    inputs = {k: v.detach() for k, v in make_inputs(1, 4, 20, 4).items()}
+    torch.testing.assert_close(selective_scan(**inputs), selective_scan_sequential(**inputs), **FP32_TOL)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_kernels_match_reference_when_installed():
     if "cuda" not in available_backends("cuda"):

@@ -5,7 +5,7 @@ Backends, in order of preference for the tensors' device:
 * ``cuda``  — mamba-ssm ``selective_scan_fn`` and causal-conv1d ``causal_conv1d_fn`` (GPU only). Both packages
   fail to import without their compiled CUDA extensions, so they are looked up lazily with MONAI's
   ``optional_import`` and used only when importable *and* the tensors live on a CUDA device.
-* ``cpu``   — the CPU path (CPU tensors only).
+* ``cpu``   — the compiled C++/OpenMP kernel (:mod:`.cpu_kernel`), CPU tensors only; built on first use.
 * ``torch`` — the pure-PyTorch chunked scan (:mod:`vivim_monai.ops.reference`), any device.
 
 The choice is ``backend=`` argument > environment variable ``VIVIM_SCAN_BACKEND`` > automatic. Asking
@@ -87,6 +87,14 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
             raise RuntimeError(f"{source}='cuda' but the tensors are on {device}; the CUDA kernels need CUDA tensors")
         if cuda_kernels()[0] is None:
             raise RuntimeError(f"{source}='cuda' is unavailable: {cuda_kernels()[2]}")
-    if requested == "cpu" and device.type != "cpu":
-        raise RuntimeError(f"{source}='cpu' but the tensors are on {device}")
+    if requested == "cpu":
+        if device.type != "cpu":
+            raise RuntimeError(f"{source}='cpu' but the tensors are on {device}")
+        if not _cpu_kernel_available():
+            from vivim_monai.ops import cpu_kernel
+
+            raise RuntimeError(
+                f"{source}='cpu' is unavailable: the compiled kernel failed to build "
+                f"({cpu_kernel.build_error()}); use 'torch' or 'auto'"
+            )
     return requested

@@ -21,6 +21,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
 #include <type_traits>
 #include <cmath>
 #include <cstdint>
@@ -641,7 +642,33 @@ std::vector<torch::Tensor> conv_backward(torch::Tensor grad_out, torch::Tensor x
   return result;
 }
 
+// Seconds to evaluate fast_exp on `elements` values per thread (an L1-resident buffer swept `repeats` times), on
+// every thread of the pool: the vectorised-exp throughput that bounds the scan (it needs D * L * N exps).
+double exp_throughput(int64_t elements, int64_t repeats) {
+  const int threads = at::get_num_threads();
+  std::vector<double> checksums(threads, 0.0);
+  const auto start = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      std::vector<float> values(elements), results(elements);
+      for (int64_t i = 0; i < elements; ++i) values[i] = -0.01f * static_cast<float>(i % 1000);
+      float* v = values.data();
+      float* r = results.data();
+      for (int64_t rep = 0; rep < repeats; ++rep) {
+#pragma omp simd
+        for (int64_t i = 0; i < elements; ++i) r[i] = fast_exp(v[i]);
+        v[rep % elements] += r[(rep * 7) % elements] * 1e-12f;  // keep the sweeps dependent and alive
+      }
+      checksums[t] = r[0];
+    }
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  TORCH_CHECK(std::isfinite(checksums[0]), "exp_throughput produced a non-finite value");
+  return seconds;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("exp_throughput", &exp_throughput, "seconds for `elements` fast_exp calls x `repeats` on every thread");
   m.def("scan_forward", &scan_forward, "selective scan forward (CPU)");
   m.def("scan_backward", &scan_backward, "selective scan backward (CPU)");
   m.def("conv_forward", &conv_forward, "causal depthwise conv1d forward (CPU)");
