@@ -27,8 +27,13 @@ import torch.nn as nn
 
 from vivim_monai.networks import Vivim
 from vivim_monai.networks.blocks import TriDirectionalMamba
-from vivim_monai.ops import available_backends, cpu_kernel, selective_scan, selective_scan_chunked
-from vivim_monai.ops import selective_scan_sequential
+from vivim_monai.ops import (
+    available_backends,
+    cpu_kernel,
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_sequential,
+)
 
 #: Vivim's selective-scan sizes for one 5 x 256 x 256 clip: D = 2 C (expand 2), L = T h w, N = 16.
 STAGE_SIZES = ((128, 20480), (256, 5120), (640, 1280), (1024, 320))
