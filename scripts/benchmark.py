@@ -28,15 +28,14 @@ import torch.nn as nn
 from vivim_monai.networks import Vivim
 from vivim_monai.networks.blocks import TriDirectionalMamba
 from vivim_monai.ops import (
+    VIVIM_STAGE_SCAN_SIZES,
     available_backends,
     cpu_kernel,
     selective_scan,
     selective_scan_chunked,
     selective_scan_sequential,
+    vivim_scan_inputs,
 )
-
-#: Vivim's selective-scan sizes for one 5 x 256 x 256 clip: D = 2 C (expand 2), L = T h w, N = 16.
-STAGE_SIZES = ((128, 20480), (256, 5120), (640, 1280), (1024, 320))
 
 
 def machine_description() -> str:
@@ -67,19 +66,7 @@ def time_call(fn: Callable[[], object], repeats: int, device: torch.device, warm
 
 # ----------------------------------------------------------------------------------------------------------- scan
 def scan_inputs(dim: int, length: int, device: torch.device, grad: bool) -> dict[str, torch.Tensor]:
-    """Vivim-like operands: softplus step sizes around 0.05-0.2, S4D-real A, a gate and a skip."""
-    generator = torch.Generator().manual_seed(0)
-    tensors = {
-        "u": torch.randn(1, dim, length, generator=generator),
-        "delta": torch.randn(1, dim, length, generator=generator) * 0.5 - 2.0,
-        "A": -torch.arange(1.0, 17.0).repeat(dim, 1),
-        "B": torch.randn(1, 16, length, generator=generator),
-        "C": torch.randn(1, 16, length, generator=generator),
-        "D": torch.ones(dim),
-        "z": torch.randn(1, dim, length, generator=generator),
-        "delta_bias": torch.rand(dim, generator=generator) * 0.1,
-    }
-    return {k: v.to(device).requires_grad_(grad) for k, v in tensors.items()}
+    return {k: v.to(device).requires_grad_(grad) for k, v in vivim_scan_inputs(dim, length).items()}
 
 
 def scan_implementations(device: torch.device) -> dict[str, Callable[..., torch.Tensor]]:
@@ -110,7 +97,7 @@ def bench_scan(args: argparse.Namespace) -> None:
     print("| D | L | implementation | forward (ms) | forward+backward (ms) | fwd speed-up | fwd+bwd speed-up |")
     print("|---|---|---|---|---|---|---|")
     fastest: dict[tuple[int, int], float] = {}
-    for dim, length in STAGE_SIZES:
+    for dim, length in VIVIM_STAGE_SCAN_SIZES:
         baseline: tuple[float, float] | None = None
         for name, fn in impls.items():
             sequential = fn is selective_scan_sequential  # minutes at stage 1 with autograd: run it once

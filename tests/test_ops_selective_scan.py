@@ -7,6 +7,7 @@ import torch
 
 from vivim_monai.ops import (
     ENV_VAR,
+    VIVIM_STAGE_SCAN_SIZES,
     ScanOrder,
     available_backends,
     causal_conv1d,
@@ -14,6 +15,7 @@ from vivim_monai.ops import (
     selective_scan,
     selective_scan_chunked,
     selective_scan_sequential,
+    vivim_scan_inputs,
 )
 
 FP32_TOL = {"atol": 1e-4, "rtol": 1e-4}  # stated fp32 tolerance (outputs and gradients, values of order 1)
@@ -237,22 +239,12 @@ def test_cpu_kernel_gradcheck_float64(order, groups):
 
 @pytest.mark.slow
 @pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="compiled CPU kernel unavailable")
-@pytest.mark.parametrize("dim, length", [(128, 20480), (256, 5120), (640, 1280), (1024, 320)])
+@pytest.mark.parametrize("dim, length", VIVIM_STAGE_SCAN_SIZES)
 def test_cpu_kernel_fp32_parity_at_vivim_stage_sizes(dim, length):
     """Vivim's four stage sizes for a 5 x 256 x 256 clip (D = 2C, L = T h w, N = 16), outputs and gradients."""
-    generator = torch.Generator().manual_seed(0)
-    inputs = {
-        "u": torch.randn(1, dim, length, generator=generator),
-        "delta": torch.randn(1, dim, length, generator=generator) * 0.5 - 1.0,
-        "A": -torch.arange(1.0, 17.0).repeat(dim, 1),
-        "B": torch.randn(1, 16, length, generator=generator),
-        "C": torch.randn(1, 16, length, generator=generator),
-        "D": torch.ones(dim),
-        "z": torch.randn(1, dim, length, generator=generator),
-        "delta_bias": torch.rand(dim, generator=generator) * 0.1,
-    }
+    inputs = vivim_scan_inputs(dim, length)
     inputs = {k: v.requires_grad_() for k, v in inputs.items()}
-    grad_out = torch.randn(1, dim, length, generator=generator)
+    grad_out = torch.randn(1, dim, length, generator=torch.Generator().manual_seed(1))
     ref = selective_scan_chunked(**inputs, delta_softplus=True)
     ref_grads = torch.autograd.grad(ref, list(inputs.values()), grad_out)
     with torch.no_grad():

@@ -27,11 +27,33 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "VIVIM_STAGE_SCAN_SIZES",
+    "vivim_scan_inputs",
     "causal_conv1d_torch",
     "selective_scan_chunked",
     "selective_scan_sequential",
     "check_scan_inputs",
 ]
+
+
+#: (D, L) of Vivim's selective scans for one 5 x 256 x 256 clip: D = 2 C (expand 2), L = T h w, at the four stages.
+VIVIM_STAGE_SCAN_SIZES = ((128, 20480), (256, 5120), (640, 1280), (1024, 320))
+
+
+def vivim_scan_inputs(dim: int, length: int, batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Vivim-like scan operands (N = 16, S4D-real A, softplus step sizes near 0.1-0.3, gate, skip) for tests and
+    benchmarks: keyword arguments of :func:`selective_scan` except ``delta_softplus``."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "u": torch.randn(batch, dim, length, generator=generator),
+        "delta": torch.randn(batch, dim, length, generator=generator) * 0.5 - 1.0,
+        "A": -torch.arange(1.0, 17.0).repeat(dim, 1),
+        "B": torch.randn(batch, 16, length, generator=generator),
+        "C": torch.randn(batch, 16, length, generator=generator),
+        "D": torch.ones(dim),
+        "z": torch.randn(batch, dim, length, generator=generator),
+        "delta_bias": torch.rand(dim, generator=generator) * 0.1,
+    }
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -482,6 +482,18 @@ std::vector<torch::Tensor> scan_backward_impl(const torch::Tensor& grad_out, con
   return {du, ddelta, dA_parts.sum(0), dB_parts.sum(0), dC_parts.sum(0), dD_parts.sum(0), dz, dbias_parts.sum(0)};
 }
 
+// pre[i] = bias + sum_k w[k] * x_padded[i + k]: one causal conv row over a front-padded, scan-ordered input.
+template <typename T>
+inline void conv_row(const T* x_padded, const T* w, int64_t width, T bias, int64_t length, T* pre) {
+#pragma omp simd
+  for (int64_t i = 0; i < length; ++i) pre[i] = bias;
+  for (int64_t k = 0; k < width; ++k) {
+    const T wk = w[k];
+#pragma omp simd
+    for (int64_t i = 0; i < length; ++i) pre[i] += wk * x_padded[i + k];
+  }
+}
+
 // Causal depthwise conv1d along a scan order. Each row is gathered into scan order (zero-padded in front), convolved
 // with vectorised loops and scattered back to memory order; everything per row stays in L1/L2.
 template <typename T>
@@ -503,14 +515,7 @@ torch::Tensor conv_forward_impl(const torch::Tensor& x, const torch::Tensor& wei
       T* xp = padded.data() + width - 1;
       for (int64_t i = 0; i < length; ++i) xp[i] = x_row[position[i] * xs.l];
       T* r = result.data();
-      const T* xw = padded.data();
-#pragma omp simd
-      for (int64_t i = 0; i < length; ++i) r[i] = bias_d;
-      for (int64_t k = 0; k < width; ++k) {
-        const T wk = w[k];
-#pragma omp simd
-        for (int64_t i = 0; i < length; ++i) r[i] += wk * xw[i + k];
-      }
+      conv_row(padded.data(), w.data(), width, bias_d, length, r);
       if (silu) {
 #pragma omp simd
         for (int64_t i = 0; i < length; ++i) r[i] = r[i] * sigmoid(r[i]);
@@ -551,13 +556,7 @@ std::vector<torch::Tensor> conv_backward_impl(const torch::Tensor& grad_out, con
       }
       if (silu) {  // recompute the pre-activation and apply silu'(pre) = sig (1 + pre (1 - sig))
         T* pre = dx_scan.data();
-#pragma omp simd
-        for (int64_t i = 0; i < length; ++i) pre[i] = bias_d;
-        for (int64_t k = 0; k < width; ++k) {
-          const T wk = w[k];
-#pragma omp simd
-          for (int64_t i = 0; i < length; ++i) pre[i] += wk * xw[i + k];
-        }
+        conv_row(xw, w.data(), width, bias_d, length, pre);
 #pragma omp simd
         for (int64_t i = 0; i < length; ++i) {
           const T sig = sigmoid(pre[i]);
