@@ -21,6 +21,7 @@ from types import ModuleType
 
 import torch
 
+from vivim_monai.ops.reference import compute_dtype
 from vivim_monai.ops.scan_order import ScanOrder
 
 __all__ = ["build_error", "causal_conv1d", "is_available", "load_extension", "selective_scan"]
@@ -76,10 +77,6 @@ def build_error() -> str:
     return str(_STATE.get("error", ""))
 
 
-def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
-
-
 def _grouped_state_last(mat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(b, N, L) or (b, G, N, L) -> a (b, G, L, N) view with N contiguous (no copy when it already is)."""
     mat = (mat.unsqueeze(1) if mat.dim() == 3 else mat).transpose(-1, -2).to(dtype)
@@ -90,7 +87,7 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, order_kind, frames):
         ext = load_extension()
-        dtype = _compute_dtype(u)
+        dtype = compute_dtype(u)
         u_c, delta_c, A_c = u.to(dtype), delta.to(dtype), A.to(dtype).contiguous()
         B_c, C_c = _grouped_state_last(B, dtype), _grouped_state_last(C, dtype)
         D_c = None if D is None else D.to(dtype).contiguous()
@@ -152,7 +149,7 @@ class _SelectiveScanFn(torch.autograd.Function):
 class _CausalConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, silu, order_kind, frames):
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         x_c, w_c = x.to(dtype), weight.to(dtype)
         b_c = None if bias is None else bias.to(dtype).contiguous()
         ctx.save_for_backward(x_c, w_c, b_c)

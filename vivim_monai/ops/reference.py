@@ -32,6 +32,8 @@ __all__ = [
     "causal_conv1d_torch",
     "selective_scan_chunked",
     "selective_scan_sequential",
+    "check_conv_inputs",
+    "compute_dtype",
     "check_scan_inputs",
 ]
 
@@ -56,7 +58,7 @@ def vivim_scan_inputs(dim: int, length: int, batch: int = 1, seed: int = 0) -> d
     }
 
 
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """fp32 accumulation for half/bfloat16/fp32 inputs; fp64 stays fp64 (gradcheck)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
@@ -106,7 +108,7 @@ def _per_channel(mat: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    dtype = _compute_dtype(u, delta, A, B, C)
+    dtype = compute_dtype(u, delta, A, B, C)
     u_c, delta_c = u.to(dtype), delta.to(dtype)
     if delta_bias is not None:
         delta_c = delta_c + delta_bias.to(dtype)[None, :, None]
@@ -225,10 +227,8 @@ def selective_scan_chunked(
     return _finish(y, u_c, D, z, u.dtype)
 
 
-def causal_conv1d_torch(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None
-) -> torch.Tensor:
-    """Causal depthwise conv1d over (batch, dim, length) with weight (dim, width); optional SiLU."""
+def check_conv_inputs(x: torch.Tensor, weight: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """Validate causal-conv operands; returns the weight as (dim, width) (an nn.Conv1d weight is squeezed)."""
     if x.dim() != 3:
         raise ValueError(f"causal_conv1d: x must be (batch, dim, length), got {tuple(x.shape)}")
     if weight.dim() == 3 and weight.shape[1] == 1:
@@ -237,6 +237,14 @@ def causal_conv1d_torch(
         raise ValueError(f"causal_conv1d: weight must be (dim={x.shape[1]}, width), got {tuple(weight.shape)}")
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"causal_conv1d: activation must be None, 'silu' or 'swish', got {activation!r}")
+    return weight
+
+
+def causal_conv1d_torch(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None
+) -> torch.Tensor:
+    """Causal depthwise conv1d over (batch, dim, length) with weight (dim, width); optional SiLU."""
+    weight = check_conv_inputs(x, weight, activation)
     width = weight.shape[1]
     out = F.conv1d(
         x,

@@ -6,7 +6,12 @@ import torch
 
 from vivim_monai.ops import cpu_kernel
 from vivim_monai.ops.backends import cuda_kernels, resolve_backend
-from vivim_monai.ops.reference import causal_conv1d_torch, check_scan_inputs, selective_scan_chunked
+from vivim_monai.ops.reference import (
+    causal_conv1d_torch,
+    check_conv_inputs,
+    check_scan_inputs,
+    selective_scan_chunked,
+)
 from vivim_monai.ops.scan_order import ScanOrder
 
 __all__ = ["causal_conv1d", "selective_scan"]
@@ -85,19 +90,11 @@ def causal_conv1d(
         backend: as for :func:`selective_scan`.
         scan_order: causal along this order (default: memory order); input and output stay in memory order.
     """
-    if weight.dim() == 3 and weight.shape[1] == 1:
-        weight = weight.squeeze(1)
+    weight = check_conv_inputs(x, weight, activation)
     order = scan_order or ScanOrder()
+    order.check_length(x.shape[-1])
     name = resolve_backend(backend, x.device)
     if name == "cpu":
-        if activation not in (None, "silu", "swish"):
-            raise ValueError(f"causal_conv1d: activation must be None, 'silu' or 'swish', got {activation!r}")
-        if weight.dim() != 2 or weight.shape[0] != x.shape[1] or x.dim() != 3:
-            raise ValueError(
-                f"causal_conv1d: need x (batch, dim, length), weight (dim, width); got "
-                f"{tuple(x.shape)} and {tuple(weight.shape)}"
-            )
-        order.check_length(x.shape[-1])
         return cpu_kernel.causal_conv1d(x, weight, bias, activation is not None, order)
     x = order.to_scan(x)
     if name == "cuda":
