@@ -18,7 +18,7 @@ from monai.inferers import SlidingWindowInferer
 from monai.transforms import NormalizeIntensity, Resize
 from pydicom import examples
 
-from vivim_monai.data import read_dicom_cine
+from vivim_monai.data import load_cine
 from vivim_monai.networks import VIVIM_VARIANTS, Vivim
 from vivim_monai.ops import BACKENDS, ENV_VAR, resolve_backend
 
@@ -28,7 +28,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vivim_monai.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--file", default=None, help="DICOM cine to read (default: pydicom's ybr_color example)")
+    parser.add_argument(
+        "--file",
+        default=None,
+        help="cine to read: DICOM, NIfTI/MHA/NRRD or a frame folder " "(default: pydicom's ybr_color example)",
+    )
     parser.add_argument("--variant", default="b0", choices=sorted(VIVIM_VARIANTS), help="Vivim variant")
     parser.add_argument("--classes", type=int, default=3, help="output classes (e.g. background/solid/non-solid)")
     parser.add_argument("--size", type=int, default=256, help="frames are resized to size x size (multiple of 32)")
@@ -43,14 +47,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     path = args.file or str(examples.get_path("ybr_color"))
-    cine = read_dicom_cine(path)
+    cine = load_cine(path)
     channels, height, width, frames = cine.shape
     print(
         f"cine      {os.path.basename(path)}: {frames} frames of {height}x{width}, {channels} channel(s), "
-        f"{cine.meta['photometric_interpretation']}, frame time {cine.meta['frame_time_ms']} ms"
+        f"frame time {cine.meta['frame_time_ms']:.3f} ms ({cine.meta['frame_time_source']})"
     )
 
-    image = Resize(spatial_size=(args.size, args.size, -1), mode="bilinear")(cine / 255.0)
+    image = Resize(spatial_size=(args.size, args.size, -1), mode="bilinear")(cine / max(float(cine.max()), 1.0))
     if channels == 3:
         image = NormalizeIntensity(subtrahend=IMAGENET_MEAN, divisor=IMAGENET_STD, channel_wise=True)(image)
     clip = torch.as_tensor(image).unsqueeze(0)

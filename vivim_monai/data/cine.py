@@ -1,0 +1,129 @@
+"""``load_cine``: one entry point for medical videos as MetaTensors ``(C, H, W, T)``.
+
+Accepted inputs:
+
+* DICOM files (single- or multi-frame; see :mod:`vivim_monai.data.dicom`);
+* 2-D+t volumes readable by SimpleITK (NIfTI, MHA/MHD, NRRD): index axes (i, j, k) are (rows, columns, frames), as
+  MONAI's readers load them, and vector pixels become channels;
+* folders of frame images (PNG, JPEG, BMP, TIFF), ordered by the numbers in their names ("slice_999" before
+  "slice_1069", not lexicographically), optionally filtered by a glob ``pattern``.
+
+Unreadable input raises :class:`CineReadError` (a ``ValueError``) naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.data import MetaTensor
+from PIL import Image, UnidentifiedImageError
+
+from vivim_monai.data.dicom import DEFAULT_FRAME_TIME_MS, CineReadError, has_dicom_preamble, read_dicom_cine
+
+__all__ = ["FRAME_SUFFIXES", "VOLUME_SUFFIXES", "load_cine", "natural_key"]
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that compares the digit runs of ``name`` as numbers."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def _base_meta(path: str) -> dict[str, Any]:
+    return {
+        "filename_or_obj": path,
+        "frame_time_ms": DEFAULT_FRAME_TIME_MS,
+        "frame_time_source": "default",
+        "pixel_spacing_mm": None,
+        "pixel_spacing_source": "unknown",
+    }
+
+
+def _load_volume(path: str) -> MetaTensor:
+    try:
+        image = sitk.ReadImage(path)
+    except RuntimeError as err:
+        raise CineReadError(f"{path}: cannot read volume ({str(err).strip().splitlines()[-1]})") from err
+    if image.GetDimension() not in (2, 3):
+        raise CineReadError(f"{path}: expected a 2-D+t volume (3 index axes), found {image.GetDimension()} axes")
+    array = sitk.GetArrayFromImage(image)  # (k, j, i[, C])
+    channels = image.GetNumberOfComponentsPerPixel()
+    if channels == 1:
+        array = array[..., None]
+    if image.GetDimension() == 2:
+        array = array[None]  # one frame
+    array = np.moveaxis(array, -1, 0).transpose(0, 3, 2, 1)  # (C, i, j, k)
+    if not np.isfinite(array).all():
+        raise CineReadError(f"{path}: volume contains NaN or infinite values")
+    spacing = image.GetSpacing()
+    meta = _base_meta(path)
+    meta["pixel_spacing_mm"] = (float(spacing[0]), float(spacing[1]))
+    meta["pixel_spacing_source"] = "volume header"
+    if image.GetDimension() == 3 and spacing[2] != 1.0:
+        meta["frame_time_ms"], meta["frame_time_source"] = float(spacing[2]), "volume header (third spacing)"
+    affine = torch.diag(torch.tensor([spacing[0], spacing[1], 1.0, 1.0], dtype=torch.float64))
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), affine=affine, meta=meta)
+
+
+def _frame_array(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as frame:
+            if frame.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr"):
+                frame = frame.convert("RGB" if frame.mode != "LA" else "L")
+            array = np.asarray(frame)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise CineReadError(f"{path}: unreadable frame image ({err})") from err
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _load_frame_folder(folder: Path, pattern: str) -> MetaTensor:
+    files = sorted(
+        (p for p in folder.glob(pattern) if p.is_file() and p.name.lower().endswith(FRAME_SUFFIXES)),
+        key=lambda p: natural_key(p.name),
+    )
+    if not files:
+        raise CineReadError(f"{folder}: no frame images matching {pattern!r} with suffixes {FRAME_SUFFIXES}")
+    frames = [_frame_array(files[0])]
+    for path in files[1:]:
+        frame = _frame_array(path)
+        if frame.shape != frames[0].shape:
+            raise CineReadError(
+                f"{path}: frame of shape {frame.shape} differs from the first frame {files[0].name} {frames[0].shape}"
+            )
+        frames.append(frame)
+    array = np.stack(frames, axis=-1).transpose(2, 0, 1, 3).astype(np.float32)  # (C, H, W, T)
+    meta = _base_meta(str(folder))
+    meta["frame_files"] = [str(p) for p in files]
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), meta=meta)
+
+
+def load_cine(path: str | os.PathLike, pattern: str = "*") -> MetaTensor:
+    """Load a DICOM cine, a 2-D+t volume or a folder of frames as a float32 MetaTensor ``(C, H, W, T)``.
+
+    Args:
+        path: file or folder.
+        pattern: glob selecting the frame images inside a folder (e.g. ``"*[0-9].png"``); ignored for files.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _load_frame_folder(path, pattern)
+    if not path.is_file():
+        raise CineReadError(f"{path}: no such file or folder")
+    name = path.name.lower()
+    if name.endswith((".dcm", ".dicom")) or has_dicom_preamble(path):
+        return read_dicom_cine(path)
+    if name.endswith(VOLUME_SUFFIXES):
+        return _load_volume(str(path))
+    if name.endswith(FRAME_SUFFIXES):
+        return _load_frame_folder(path.parent, path.name)
+    raise CineReadError(
+        f"{path}: unsupported file type; expected DICOM, one of {VOLUME_SUFFIXES} or a folder of {FRAME_SUFFIXES}"
+    )
