@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from vivim_monai.ops import (
     ScanOrder,
     available_backends,
     causal_conv1d,
+    causal_conv1d_torch,
     resolve_backend,
     selective_scan,
     selective_scan_chunked,
@@ -288,3 +291,35 @@ def test_cuda_kernels_match_reference_when_installed():
     torch.testing.assert_close(out, ref_out, atol=1e-3, rtol=1e-3)
     for name in inputs:
         torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-2, rtol=1e-2)
+
+
+def test_cuda_dispatch_wiring_with_stand_in_kernels(monkeypatch):
+    """The cuda branch passes mamba-ssm's positional order and contiguous scan-ordered operands (stand-in kernels)."""
+    scan_module = importlib.import_module("vivim_monai.ops.selective_scan")  # the module, not the function
+    inputs = {k: v.detach() for k, v in make_inputs(2, 5, 24, 4).items()}
+    weight = torch.randn(5, 4)
+    expected = [
+        (
+            selective_scan(**inputs, delta_softplus=True, backend="torch", scan_order=order),
+            causal_conv1d(inputs["u"], weight, None, "silu", backend="torch", scan_order=order),
+        )
+        for order in ORDERS
+    ]
+    calls = []
+
+    def fake_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        calls.append("scan")
+        assert all(t.is_contiguous() for t in (u, delta, B, C, z))
+        return selective_scan_sequential(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+    def fake_conv(x, weight, bias, activation):
+        calls.append("conv")
+        assert x.is_contiguous() and weight.dim() == 2
+        return causal_conv1d_torch(x, weight, bias, activation)
+
+    monkeypatch.setattr(scan_module, "cuda_kernels", lambda: (fake_scan, fake_conv, ""))
+    monkeypatch.setattr(scan_module, "resolve_backend", lambda backend, device: "cuda")
+    for order, (scan_expected, conv_expected) in zip(ORDERS, expected):
+        torch.testing.assert_close(selective_scan(**inputs, delta_softplus=True, scan_order=order), scan_expected)
+        torch.testing.assert_close(causal_conv1d(inputs["u"], weight, None, "silu", scan_order=order), conv_expected)
+    assert calls.count("scan") == len(ORDERS) and calls.count("conv") == len(ORDERS)
