@@ -1,6 +1,7 @@
 """Data readers for medical video (cine) segmentation: DICOM cines, 2-D+t volumes and frame folders."""
 
 from vivim_monai.data.cine import FRAME_SUFFIXES, VOLUME_SUFFIXES, load_cine, natural_key
+from vivim_monai.data.clips import CLIP_MODES, ClipDataset, ClipSampler, select_frames
 from vivim_monai.data.dicom import (
     DEFAULT_FRAME_TIME_MS,
     CineReadError,
@@ -11,6 +12,10 @@ from vivim_monai.data.dicom import (
 )
 
 __all__ = [
+    "CLIP_MODES",
+    "ClipDataset",
+    "ClipSampler",
+    "select_frames",
     "DEFAULT_FRAME_TIME_MS",
     "FRAME_SUFFIXES",
     "VOLUME_SUFFIXES",
