@@ -10,6 +10,7 @@ from vivim_monai.data.dicom import (
     has_dicom_preamble,
     read_dicom_cine,
 )
+from vivim_monai.data.phantom import Phantom, make_phantom, write_phantom_case
 
 __all__ = [
     "CLIP_MODES",
@@ -26,4 +27,7 @@ __all__ = [
     "load_cine",
     "natural_key",
     "read_dicom_cine",
+    "Phantom",
+    "make_phantom",
+    "write_phantom_case",
 ]
