@@ -4,6 +4,7 @@
     python scripts/benchmark.py forward   # Vivim inference latency per variant and backend vs spatial-only
     python scripts/benchmark.py memory    # peak inference memory vs clip length, ST-Mamba vs global attention
     python scripts/benchmark.py all       # the three above, in one run
+    python scripts/benchmark.py decode    # DICOM decoding: load_cine vs raw pydicom (../shared/data/dicom-cine)
 
 All rows of one run are measured side by side on the same machine, so their ratios are comparable. Times are the
 median of ``--repeats`` runs after a warm-up (CUDA is synchronised around every run).
@@ -255,6 +256,32 @@ def bench_memory(args: argparse.Namespace) -> None:
     print()
 
 
+# --------------------------------------------------------------------------------------------------------- decode
+def bench_decode(args: argparse.Namespace) -> None:
+    """load_cine versus raw pydicom (dcmread + pixel_array) on every DICOM file of a folder."""
+    import pydicom
+
+    from vivim_monai.data import load_cine
+
+    files = sorted((p for p in os.scandir(args.folder) if p.name.lower().endswith(".dcm")), key=lambda p: p.name)
+    if not files:
+        raise SystemExit(f"{args.folder}: no .dcm files")
+    print(f"### DICOM decoding, {args.folder}, median of {args.repeats}\n")
+    print("| file | shape (C, H, W, T) | pydicom (ms) | load_cine (ms) | overhead |")
+    print("|---|---|---|---|---|")
+    cpu = torch.device("cpu")
+    total_raw = total_ours = 0.0
+    for entry in files:
+        raw = time_call(lambda: pydicom.dcmread(entry.path).pixel_array, args.repeats, cpu)
+        ours = time_call(lambda: load_cine(entry.path), args.repeats, cpu)
+        total_raw, total_ours = total_raw + raw, total_ours + ours
+        shape = tuple(load_cine(entry.path).shape)
+        print(f"| {entry.name} | {shape} | {raw * 1e3:.1f} | {ours * 1e3:.1f} | {(ours / raw - 1) * 100:+.0f} % |")
+    print(
+        f"| all | - | {total_raw * 1e3:.1f} | {total_ours * 1e3:.1f} | {(total_ours / total_raw - 1) * 100:+.0f} % |\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -274,6 +301,10 @@ def main() -> None:
         p.add_argument("--lengths", nargs="+", type=int, default=[8, 16, 32, 64])
         p.add_argument("--memory-size", dest="size_memory", type=int, default=256)
         p.add_argument("--attention-budget-gb", type=float, default=12.0)
+    decode = sub.add_parser("decode", help="DICOM decoding: load_cine versus raw pydicom")
+    decode.add_argument(
+        "--folder", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dicom-cine")
+    )
     worker = sub.add_parser("memory-worker")
     worker.add_argument("--variant", default="b0")
     worker.add_argument("--mixer", choices=["mamba", "attention"], default="mamba")
@@ -289,6 +320,8 @@ def main() -> None:
     if args.command in ("memory", "all"):
         args.size = args.size_memory
         bench_memory(args)
+    if args.command == "decode":
+        bench_decode(args)
     if args.command == "memory-worker":
         memory_worker(args)
 
