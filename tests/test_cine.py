@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import manifest, shared_dir
+from conftest import shared_dir
 from monai.transforms import LoadImaged
 from PIL import Image
 from pydicom import examples
 
-from vivim_monai.data import CineReadError, DicomCineReader, load_cine, natural_key, read_dicom_cine
+from vivim_monai.data import CineReadError, DicomCineReader, load_cine, natural_key
 
 
 def test_dicom_through_load_cine_and_monai_reader():
@@ -83,22 +83,6 @@ def test_frame_folder_problems(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(volume, isVector=False), str(tmp_path / "four_d.nrrd"))
     with pytest.raises(CineReadError, match="expected a 2-D\\+t volume"):
         load_cine(tmp_path / "four_d.nrrd")
-
-
-@pytest.mark.slow
-def test_shared_cines_metadata():
-    folder = shared_dir("dicom-cine")
-    for entry in manifest("dicom-cine"):
-        cine = read_dicom_cine(folder / entry["file"])
-        assert cine.meta["number_of_frames"] == entry["number_of_frames"]
-        tissue = [r for r in entry["us_regions"] if r["spatial_format"] == 1 and r["units_x"] == 3]
-        if tissue:
-            assert cine.meta["pixel_spacing_source"] == "SequenceOfUltrasoundRegions", entry["file"]
-            assert cine.meta["pixel_spacing_mm"][1] == pytest.approx(abs(tissue[0]["dx"]) * 10)
-        assert len(cine.meta["ultrasound_regions"]) == len(entry["us_regions"]), entry["file"]
-        if entry["frame_time_ms"]:
-            assert cine.meta["frame_time_ms"] == pytest.approx(entry["frame_time_ms"]), entry["file"]
-        assert cine.meta["frame_time_ms"] > 0
 
 
 @pytest.mark.slow

@@ -30,13 +30,22 @@ def test_unreadable_file_names_the_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_all_shared_cines_load_with_frames_in_order():
+def test_all_shared_cines_load_with_frames_in_order_and_metadata():
     folder = shared_dir("dicom-cine")
     for entry in manifest("dicom-cine"):
         cine = read_dicom_cine(folder / entry["file"])
         colour = entry["samples_per_pixel"] == 3 or entry["photometric"] == "PALETTE COLOR"
         assert cine.shape == (3 if colour else 1, entry["rows"], entry["columns"], entry["number_of_frames"]), entry
         assert 0 <= float(cine.min()) and float(cine.max()) <= 255, entry["file"]
+        assert cine.meta["number_of_frames"] == entry["number_of_frames"]
+        assert len(cine.meta["ultrasound_regions"]) == len(entry["us_regions"]), entry["file"]
+        tissue = [r for r in entry["us_regions"] if r["spatial_format"] == 1 and r["units_x"] == 3]
+        if tissue:
+            assert cine.meta["pixel_spacing_source"] == "SequenceOfUltrasoundRegions", entry["file"]
+            assert cine.meta["pixel_spacing_mm"][1] == pytest.approx(abs(tissue[0]["dx"]) * 10)
+        if entry["frame_time_ms"]:
+            assert cine.meta["frame_time_ms"] == pytest.approx(entry["frame_time_ms"]), entry["file"]
+        assert cine.meta["frame_time_ms"] > 0
         if entry["photometric"] != "PALETTE COLOR":
             last = pydicom.dcmread(folder / entry["file"]).pixel_array.reshape(entry["decoded_shape"])[-1]
             last = last if last.ndim == 3 else last[..., None]

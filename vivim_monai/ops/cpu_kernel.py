@@ -21,7 +21,7 @@ from types import ModuleType
 
 import torch
 
-from vivim_monai.ops.reference import compute_dtype
+from vivim_monai.ops.reference import as_grouped, compute_dtype
 from vivim_monai.ops.scan_order import ScanOrder
 
 __all__ = ["build_error", "causal_conv1d", "is_available", "load_extension", "selective_scan"]
@@ -79,7 +79,7 @@ def build_error() -> str:
 
 def _grouped_state_last(mat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(b, N, L) or (b, G, N, L) -> a (b, G, L, N) view with N contiguous (no copy when it already is)."""
-    mat = (mat.unsqueeze(1) if mat.dim() == 3 else mat).transpose(-1, -2).to(dtype)
+    mat = as_grouped(mat).transpose(-1, -2).to(dtype)
     return mat if mat.stride(-1) == 1 else mat.contiguous()
 
 

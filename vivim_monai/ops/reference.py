@@ -32,6 +32,7 @@ __all__ = [
     "causal_conv1d_torch",
     "selective_scan_chunked",
     "selective_scan_sequential",
+    "as_grouped",
     "check_conv_inputs",
     "compute_dtype",
     "check_scan_inputs",
@@ -102,26 +103,20 @@ def check_scan_inputs(
         raise ValueError(f"selective_scan: z must match u {tuple(u.shape)}, got {tuple(z.shape)}")
 
 
-def _per_channel(mat: torch.Tensor, d: int) -> torch.Tensor:
-    """(b, n, L) or grouped (b, g, n, L) -> (b, g, n, L) with g dividing d."""
+def as_grouped(mat: torch.Tensor) -> torch.Tensor:
+    """B or C as (b, groups, N, L): the ungrouped (b, N, L) layout is one group."""
     return mat.unsqueeze(1) if mat.dim() == 3 else mat
 
 
-def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
+    """Operands in the compute dtype, with the step sizes' bias and softplus applied and B, C grouped."""
     dtype = compute_dtype(u, delta, A, B, C)
     u_c, delta_c = u.to(dtype), delta.to(dtype)
     if delta_bias is not None:
         delta_c = delta_c + delta_bias.to(dtype)[None, :, None]
     if delta_softplus:
         delta_c = F.softplus(delta_c)
-    return (
-        dtype,
-        u_c,
-        delta_c,
-        A.to(dtype),
-        _per_channel(B, u.shape[1]).to(dtype),
-        _per_channel(C, u.shape[1]).to(dtype),
-    )
+    return u_c, delta_c, A.to(dtype), as_grouped(B).to(dtype), as_grouped(C).to(dtype)
 
 
 def _finish(y: torch.Tensor, u: torch.Tensor, D, z, out_dtype: torch.dtype) -> torch.Tensor:
@@ -145,7 +140,7 @@ def selective_scan_sequential(
 ) -> torch.Tensor:
     """Plain sequential selective scan (one Python step per position): the ground truth for tests."""
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    _, u_c, delta_c, A_c, B_c, C_c = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    u_c, delta_c, A_c, B_c, C_c = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
     b, d, length = u.shape
     g = B_c.shape[1]
     # (b, g, d/g, L) views so that each channel meets its group's B and C
@@ -183,7 +178,7 @@ def selective_scan_chunked(
 ) -> torch.Tensor:
     """Exact chunked selective scan in PyTorch ops (autograd, any device); see the module docstring."""
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    _, u_c, delta_c, A_c, B_c, C_c = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    u_c, delta_c, A_c, B_c, C_c = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
     b, d, length = u.shape
     g, n = B_c.shape[1], A_c.shape[1]
     k = chunk_size or default_chunk_size(length)

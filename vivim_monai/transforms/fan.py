@@ -123,7 +123,7 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class FanMaskd(MapTransform):
-    """Add a fan mask ``(1, H, W, T)`` of ``keys[0]`` under ``mask_key``, with ``fan_method`` in its metadata.
+    """Add a fan mask ``(1, H, W, T)`` of the first present key under ``mask_key``, with ``fan_method`` in its metadata.
 
     Args:
         keys: the cine key (``(C, H, W, T)`` MetaTensor, 0..255 intensities).
@@ -169,15 +169,15 @@ class FanMaskd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        for key in self.key_iterator(d):
-            cine = d[key]
-            mask, method = self._mask(cine, d)
-            frames = cine.shape[-1]
-            tensor = torch.from_numpy(mask)[None, :, :, None].expand(1, -1, -1, frames).to(torch.float32)
-            affine = cine.affine if isinstance(cine, MetaTensor) else None
-            meta = {"fan_method": method, "filename_or_obj": getattr(cine, "meta", {}).get("filename_or_obj", "")}
-            d[self.mask_key] = MetaTensor(tensor.contiguous(), affine=affine, meta=meta)
-            if isinstance(cine, MetaTensor):
-                cine.meta["fan_method"] = method
-            break  # one mask per sample: from the first (image) key
+        key = next(iter(self.key_iterator(d)), None)  # one mask per sample, from the first (image) key
+        if key is None:
+            return d
+        cine = d[key]
+        mask, method = self._mask(cine, d)
+        tensor = torch.from_numpy(mask)[None, :, :, None].expand(1, -1, -1, cine.shape[-1]).to(torch.float32)
+        affine = cine.affine if isinstance(cine, MetaTensor) else None
+        meta = {"fan_method": method, "filename_or_obj": getattr(cine, "meta", {}).get("filename_or_obj", "")}
+        d[self.mask_key] = MetaTensor(tensor.contiguous(), affine=affine, meta=meta)
+        if isinstance(cine, MetaTensor):
+            cine.meta["fan_method"] = method
         return d
