@@ -10,7 +10,6 @@ and cine rate, and is written atomically (temporary name, then rename).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,8 @@ import pydicom
 from PIL import Image, ImageDraw
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+
+from vivim_monai.io.atomic import atomic_write
 
 __all__ = ["Phantom", "make_phantom", "write_phantom_case"]
 
@@ -90,21 +91,6 @@ def make_phantom(
     return Phantom(image, label, fan, box, spacing_mm, frame_time_ms)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(temporary_name)`` then rename, so a crash never leaves a truncated ``path``."""
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp" + "".join(path.suffixes)
-    )
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def _dicom(phantom: Phantom, seed: int, patient_id: str) -> FileDataset:
     height, width, frames = phantom.image.shape
     uid = lambda part: generate_uid(entropy_srcs=["vivim-phantom", str(seed), patient_id, part])  # noqa: E731
@@ -147,8 +133,8 @@ def write_phantom_case(
     phantom = make_phantom(seed=seed, **kwargs)
     image_path, label_path = folder / f"{case_id}.dcm", folder / f"{case_id}_label.nii.gz"
     dataset = _dicom(phantom, seed, case_id)
-    _atomic_write(image_path, lambda name: dataset.save_as(name, enforce_file_format=True))
+    atomic_write(image_path, lambda name: dataset.save_as(name, enforce_file_format=True))
     affine = np.diag([phantom.spacing_mm, phantom.spacing_mm, 1.0, 1.0])
     label_image = nib.Nifti1Image(phantom.label, affine)
-    _atomic_write(label_path, lambda name: nib.save(label_image, name))
+    atomic_write(label_path, lambda name: nib.save(label_image, name))
     return {"image": str(image_path), "label": str(label_path), "case_id": case_id}
