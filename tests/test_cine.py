@@ -22,7 +22,8 @@ def test_dicom_through_load_cine_and_monai_reader():
     assert direct.meta["frame_time_source"] == "FrameTime"
     loaded = LoadImaged(keys="image", reader=DicomCineReader(), image_only=True)({"image": path})["image"]
     assert loaded.shape == (3, 240, 320, 30), "channel first, frames last: no PydicomReader axis swap"
-    torch.testing.assert_close(loaded.as_tensor(), direct.as_tensor())
+    assert direct.dtype == torch.uint8 and loaded.dtype == torch.float32, "stored dtype kept; LoadImage casts"
+    torch.testing.assert_close(loaded.as_tensor(), direct.as_tensor().float())
     assert loaded.meta["sop_instance_uid"] == direct.meta["sop_instance_uid"]
     assert DicomCineReader().verify_suffix(path) and not DicomCineReader().verify_suffix("clip.nii.gz")
 

@@ -7,8 +7,10 @@ import pydicom
 import pytest
 from conftest import manifest, shared_dir
 from pydicom import examples
+from pydicom.encaps import encapsulate
+from pydicom.uid import MPEG4HP41, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from vivim_monai.data import CineReadError, read_dicom_cine
+from vivim_monai.data import CineReadError, read_dicom_cine, write_phantom_case
 
 
 def test_pydicom_echo_cine():
@@ -50,3 +52,56 @@ def test_all_shared_cines_load_with_frames_in_order_and_metadata():
             last = pydicom.dcmread(folder / entry["file"]).pixel_array.reshape(entry["decoded_shape"])[-1]
             last = last if last.ndim == 3 else last[..., None]
             np.testing.assert_array_equal(cine.numpy()[..., -1], last.transpose(2, 0, 1), err_msg=entry["file"])
+
+
+def _phantom_dataset(tmp_path, **kwargs):
+    case = write_phantom_case(tmp_path, "codec", seed=3, num_frames=4, height=48, width=64, **kwargs)
+    return case["image"], pydicom.dcmread(case["image"])
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=lambda s: s.name)
+def test_compressed_cines_decode_exactly(tmp_path, syntax):
+    path, ds = _phantom_dataset(tmp_path)
+    original = ds.pixel_array.copy()
+    try:
+        ds.compress(syntax)
+    except (RuntimeError, NotImplementedError) as err:  # pragma: no cover - depends on installed encoders
+        pytest.skip(f"no {syntax.name} encoder installed: {err}")
+    compressed = tmp_path / f"{syntax.name.replace(' ', '_')}.dcm"
+    ds.save_as(compressed)
+    cine = read_dicom_cine(compressed)
+    np.testing.assert_array_equal(cine[0].numpy(), original.transpose(1, 2, 0))
+
+
+def _broken(tmp_path, name, change):
+    path, ds = _phantom_dataset(tmp_path)
+    target = tmp_path / name
+    change(ds, target, path)
+    return target
+
+
+BROKEN = {
+    "truncated": (lambda ds, target, path: target.write_bytes(open(path, "rb").read()[:-5000]), "cannot decode pixel"),
+    "no_pixels": (lambda ds, target, _: (ds.__delitem__("PixelData"), ds.save_as(target)), "no pixel data"),
+    "zero_frames": (
+        lambda ds, target, _: (setattr(ds, "NumberOfFrames", 0), ds.save_as(target)),
+        "at least one frame",
+    ),
+    "video": (  # endoscopy cines often hold H.264 streams: no pydicom decoder
+        lambda ds, target, _: (
+            setattr(ds.file_meta, "TransferSyntaxUID", MPEG4HP41),
+            setattr(ds, "PixelData", encapsulate([b"\x00\x00\x00\x01\x67 not really h264"])),
+            ds.save_as(target),
+        ),
+        "encapsulated video .MPEG-4 AVC/H.264",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_dicom_errors_name_the_file_and_the_problem(tmp_path, case):
+    change, message = BROKEN[case]
+    target = _broken(tmp_path, f"{case}.dcm", change)
+    with pytest.raises(CineReadError, match=message) as caught:
+        read_dicom_cine(target)
+    assert f"{case}.dcm" in str(caught.value)

@@ -1,7 +1,8 @@
 """Data readers for medical video (cine) segmentation: DICOM cines, 2-D+t volumes and frame folders."""
 
-from vivim_monai.data.cine import FRAME_SUFFIXES, VOLUME_SUFFIXES, load_cine, natural_key
+from vivim_monai.data.cine import FRAME_SUFFIXES, VOLUME_SUFFIXES, frame_files, load_cine, natural_key, read_frame_image
 from vivim_monai.data.clips import CLIP_MODES, ClipDataset, ClipSampler, select_frames
+from vivim_monai.data.datalist import LAYOUT_CLASSES, LAYOUTS, discover_cases, load_datalist, write_datalist
 from vivim_monai.data.dicom import (
     DEFAULT_FRAME_TIME_MS,
     CineReadError,
@@ -10,9 +11,23 @@ from vivim_monai.data.dicom import (
     has_dicom_preamble,
     read_dicom_cine,
 )
+from vivim_monai.data.folds import assign_folds
+from vivim_monai.data.labels import LABEL_FORMATS, OVARIAN_CLASS_FILES, class_masks_to_index, load_label_cine
 from vivim_monai.data.phantom import Phantom, make_phantom, write_phantom_case
 
 __all__ = [
+    "LABEL_FORMATS",
+    "LAYOUTS",
+    "LAYOUT_CLASSES",
+    "OVARIAN_CLASS_FILES",
+    "assign_folds",
+    "class_masks_to_index",
+    "discover_cases",
+    "frame_files",
+    "load_datalist",
+    "load_label_cine",
+    "read_frame_image",
+    "write_datalist",
     "CLIP_MODES",
     "ClipDataset",
     "ClipSampler",

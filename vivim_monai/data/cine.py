@@ -6,7 +6,10 @@ Accepted inputs:
 * 2-D+t volumes readable by SimpleITK (NIfTI, MHA/MHD, NRRD): index axes (i, j, k) are (rows, columns, frames), as
   MONAI's readers load them, and vector pixels become channels;
 * folders of frame images (PNG, JPEG, BMP, TIFF), ordered by the numbers in their names ("slice_999" before
-  "slice_1069", not lexicographically), optionally filtered by a glob ``pattern``.
+  "slice_1069", not lexicographically), optionally filtered by a glob ``pattern``;
+* an explicit sequence of frame image files, kept in the given order (a datalist states the order).
+
+Arrays keep their stored dtype unless ``dtype`` is given (the DICOM path then copies nothing).
 
 Unreadable input raises :class:`CineReadError` (a ``ValueError``) naming the file and the problem.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vivim_monai.data.dicom import DEFAULT_FRAME_TIME_MS, CineReadError, has_dicom_preamble, read_dicom_cine
 
-__all__ = ["FRAME_SUFFIXES", "VOLUME_SUFFIXES", "load_cine", "natural_key"]
+__all__ = ["FRAME_SUFFIXES", "VOLUME_SUFFIXES", "frame_files", "load_cine", "natural_key", "read_frame_image"]
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -70,10 +73,11 @@ def _load_volume(path: str) -> MetaTensor:
     if image.GetDimension() == 3 and spacing[2] != 1.0:
         meta["frame_time_ms"], meta["frame_time_source"] = float(spacing[2]), "volume header (third spacing)"
     affine = torch.diag(torch.tensor([spacing[0], spacing[1], 1.0, 1.0], dtype=torch.float64))
-    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), affine=affine, meta=meta)
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=affine, meta=meta)
 
 
-def _frame_array(path: Path) -> np.ndarray:
+def read_frame_image(path: Path) -> np.ndarray:
+    """One frame image as (H, W, C) in its stored dtype; palette/alpha/CMYK images become RGB (LA: grey)."""
     try:
         with Image.open(path) as frame:
             if frame.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr"):
@@ -84,35 +88,61 @@ def _frame_array(path: Path) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-def _load_frame_folder(folder: Path, pattern: str) -> MetaTensor:
-    files = sorted(
-        (p for p in folder.glob(pattern) if p.is_file() and p.name.lower().endswith(FRAME_SUFFIXES)),
-        key=lambda p: natural_key(p.name),
-    )
-    if not files:
-        raise CineReadError(f"{folder}: no frame images matching {pattern!r} with suffixes {FRAME_SUFFIXES}")
-    frames = [_frame_array(files[0])]
+def _load_frame_files(files: Sequence[Path], name: str) -> MetaTensor:
+    """Stack same-sized frame images, in the given order, into ``(C, H, W, T)``; ``name`` is the cine's name."""
+    frames = [read_frame_image(files[0])]
     for path in files[1:]:
-        frame = _frame_array(path)
+        frame = read_frame_image(path)
         if frame.shape != frames[0].shape:
             raise CineReadError(
                 f"{path}: frame of shape {frame.shape} differs from the first frame {files[0].name} {frames[0].shape}"
             )
         frames.append(frame)
-    array = np.stack(frames, axis=-1).transpose(2, 0, 1, 3).astype(np.float32)  # (C, H, W, T)
-    meta = _base_meta(str(folder))
+    array = np.stack(frames, axis=-1).transpose(2, 0, 1, 3)  # (C, H, W, T)
+    meta = _base_meta(name)
     meta["frame_files"] = [str(p) for p in files]
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), meta=meta)
 
 
-def load_cine(path: str | os.PathLike, pattern: str = "*") -> MetaTensor:
-    """Load a DICOM cine, a 2-D+t volume or a folder of frames as a float32 MetaTensor ``(C, H, W, T)``.
+def frame_files(folder: Path, pattern: str = "*") -> list[Path]:
+    """Frame images of ``folder`` matching ``pattern``, in natural order of their names."""
+    return sorted(
+        (p for p in folder.glob(pattern) if p.is_file() and p.name.lower().endswith(FRAME_SUFFIXES)),
+        key=lambda p: natural_key(p.name),
+    )
+
+
+def _load_frame_folder(folder: Path, pattern: str) -> MetaTensor:
+    files = frame_files(folder, pattern)
+    if not files:
+        raise CineReadError(f"{folder}: no frame images matching {pattern!r} with suffixes {FRAME_SUFFIXES}")
+    return _load_frame_files(files, str(folder))
+
+
+def load_cine(
+    path: str | os.PathLike | Sequence[str | os.PathLike], pattern: str = "*", dtype: torch.dtype | None = None
+) -> MetaTensor:
+    """Load a DICOM cine, a 2-D+t volume, a folder of frames or a list of frame files as a MetaTensor ``(C, H, W, T)``.
 
     Args:
-        path: file or folder.
+        path: file, folder, or a sequence of frame image files (kept in the given order).
         pattern: glob selecting the frame images inside a folder (e.g. ``"*[0-9].png"``); ignored for files.
+        dtype: None keeps the stored dtype; e.g. ``torch.float32`` casts.
     """
-    path = Path(path)
+    if isinstance(path, (str, os.PathLike)):
+        cine = _load_path(Path(path), pattern)
+    else:
+        files = [Path(p) for p in path]
+        if not files:
+            raise CineReadError("empty list of frame files: a cine needs at least one frame")
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            raise CineReadError(f"{missing[0]}: no such frame file ({len(missing)} of {len(files)} missing)")
+        cine = _load_frame_files(files, str(files[0].parent))
+    return cine if dtype is None else cine.to(dtype)
+
+
+def _load_path(path: Path, pattern: str) -> MetaTensor:
     if path.is_dir():
         return _load_frame_folder(path, pattern)
     if not path.is_file():

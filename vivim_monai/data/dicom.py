@@ -22,6 +22,7 @@ import torch
 from monai.data import ImageReader, MetaTensor
 from monai.utils import MetaKeys, SpaceKeys
 from pydicom.pixels import apply_color_lut
+from pydicom.uid import MPEGTransferSyntaxes
 
 __all__ = [
     "DEFAULT_FRAME_TIME_MS",
@@ -85,17 +86,39 @@ def _pixel_spacing_mm(ds: pydicom.Dataset, regions: list[dict[str, Any]]) -> tup
 
 
 def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode ``ds`` to a float32 array ``(C, H, W, T)`` and its metadata; ``path`` names the file in errors."""
+    """Decode ``ds`` to an array ``(C, H, W, T)`` in the stored dtype, and its metadata; ``path`` names the file.
+
+    The array is a channel-first *view* of pydicom's frame-major buffer (no copy), so reading costs what decoding
+    costs; cast when needed (``LoadCined`` and MONAI's ``LoadImage`` cast to float32).
+    """
     if "PixelData" not in ds:
-        raise CineReadError(f"{path}: DICOM file has no pixel data")
+        raise CineReadError(f"{path}: DICOM file has no pixel data (PixelData element missing); not an image?")
+    stated = ds.get("NumberOfFrames")
+    frames = int(stated) if stated not in (None, "") else 1
+    if frames < 1 or not ds.get("PixelData"):
+        raise CineReadError(
+            f"{path}: NumberOfFrames is {stated} with {len(ds.PixelData or b'')} bytes of pixel data; "
+            f"a cine needs at least one frame"
+        )
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax in MPEGTransferSyntaxes:
+        raise CineReadError(
+            f"{path}: encapsulated video ({syntax.name}) has no pydicom decoder; decode the stream to a frame folder "
+            f"(e.g. ffmpeg) or re-export the cine with JPEG or uncompressed frames"
+        )
     try:
         pixels = ds.pixel_array
     except Exception as err:  # pydicom raises many types for broken or undecodable pixel data
-        raise CineReadError(f"{path}: cannot decode pixel data ({type(err).__name__}: {err})") from err
+        name = getattr(syntax, "name", "unknown transfer syntax")
+        raise CineReadError(
+            f"{path}: cannot decode pixel data ({name}): {type(err).__name__}: {err}. Compressed syntaxes need the "
+            f"pylibjpeg / pyjpegls decoders of requirements.txt; a truncated or corrupt file must be re-exported"
+        ) from err
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     if photometric == "PALETTE COLOR":
         pixels = apply_color_lut(pixels, ds)
+        if pixels.dtype == np.uint16:  # 16-bit lookup-table entries -> their high byte, the 0..255 of other cines
+            pixels = (pixels >> 8).astype(np.uint8)
     samples = pixels.shape[-1] if pixels.ndim == (4 if frames > 1 else 3) else 1
     try:
         pixels = pixels.reshape(frames, int(ds.Rows), int(ds.Columns), samples)
@@ -104,11 +127,9 @@ def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[s
             f"{path}: decoded pixels {pixels.shape} do not match NumberOfFrames={frames}, Rows={ds.get('Rows')}, "
             f"Columns={ds.get('Columns')}"
         ) from err
-    array = pixels.astype(np.float32)
-    if photometric == "PALETTE COLOR" and pixels.dtype == np.uint16:
-        array /= 257.0  # 16-bit lookup-table entries -> the 0..255 range of the other colour cines
-    if photometric == "MONOCHROME1":
-        array = array.max() - array
+    if photometric == "MONOCHROME1":  # bright = high signal, as in every other photometric interpretation
+        pixels = pixels.max() - pixels
+    array = pixels.transpose(3, 1, 2, 0)
     frame_time, frame_time_source = _frame_time_ms(ds)
     regions = _regions(ds)
     spacing, spacing_source = _pixel_spacing_mm(ds, regions)
@@ -131,10 +152,10 @@ def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[s
     row_mm, col_mm = spacing or (1.0, 1.0)
     meta[MetaKeys.AFFINE] = np.diag([row_mm, col_mm, 1.0, 1.0])
     meta[MetaKeys.ORIGINAL_AFFINE] = meta[MetaKeys.AFFINE].copy()
-    meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(array.shape[1:3] + (frames,))
+    meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(array.shape[1:])
     meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
     meta[MetaKeys.SPACE] = SpaceKeys.RAS
-    return np.ascontiguousarray(array.transpose(3, 1, 2, 0)), meta
+    return array, meta
 
 
 def _read_dataset(path: str) -> pydicom.Dataset:
@@ -146,12 +167,16 @@ def _read_dataset(path: str) -> pydicom.Dataset:
         raise CineReadError(f"{path}: corrupt DICOM header ({type(err).__name__}: {err})") from err
 
 
-def read_dicom_cine(path: str | os.PathLike) -> MetaTensor:
-    """Read a single- or multi-frame DICOM image as a float32 MetaTensor ``(C, H, W, T)`` with DICOM metadata."""
+def read_dicom_cine(path: str | os.PathLike, dtype: torch.dtype | None = None) -> MetaTensor:
+    """Read a single- or multi-frame DICOM image as a MetaTensor ``(C, H, W, T)`` with DICOM metadata.
+
+    ``dtype`` None keeps the stored dtype (uint8 for most cines) without copying; e.g. ``torch.float32`` casts.
+    """
     path = os.fspath(path)
     array, meta = dicom_cine_array(_read_dataset(path), path)
     affine = torch.as_tensor(meta.pop(MetaKeys.AFFINE))
-    return MetaTensor(torch.from_numpy(array), affine=affine, meta=meta)
+    tensor = torch.from_numpy(array)
+    return MetaTensor(tensor if dtype is None else tensor.to(dtype), affine=affine, meta=meta)
 
 
 class DicomCineReader(ImageReader):

@@ -1,4 +1,4 @@
-"""Transforms for ultrasound cines: fan masks (and, built on MONAI, clip-consistent augmentation)."""
+"""Transforms for ultrasound cines: loading datalist entries, fan masks, clip-consistent augmentation (on MONAI)."""
 
 from vivim_monai.transforms.augment import clip_augmentation
 from vivim_monai.transforms.fan import (
@@ -9,6 +9,7 @@ from vivim_monai.transforms.fan import (
     fan_mask_from_regions,
     mask_iou,
 )
+from vivim_monai.transforms.load import LoadCined, load_fan_image
 
 __all__ = [
     "clip_augmentation",
@@ -17,5 +18,7 @@ __all__ = [
     "estimate_fan_mask",
     "fan_mask_from_image",
     "fan_mask_from_regions",
+    "LoadCined",
+    "load_fan_image",
     "mask_iou",
 ]

@@ -1,0 +1,168 @@
+"""All outputs of one predicted cine: NIfTI labels, DICOM SEG, overlay GIF and per-frame area CSV in one folder.
+
+Layout: ``<output_dir>/<case_id>/<case_id>_seg.nii.gz``, ``<case_id>_seg.dcm``, ``<case_id>_overlay.gif`` and
+``<case_id>_areas.csv``. Each file is written atomically (a failure leaves no partial file, files written before
+it stay complete); inputs are only read, and an output path that would be an input raises before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from vivim_monai.io._labels import as_label_volume, as_numpy
+from vivim_monai.io.dicom_seg import DEFAULT_CLASS_NAMES, write_dicom_seg
+from vivim_monai.io.frame_table import write_frame_csv
+from vivim_monai.io.nifti import write_nifti_labels
+from vivim_monai.io.overlay import write_overlay_gif
+
+__all__ = ["OUTPUT_KINDS", "CaseOutputs", "CineOutputWriter", "case_id_for", "write_case_outputs"]
+
+#: Output kinds and their file name endings.
+OUTPUT_KINDS: dict[str, str] = {
+    "nifti": "_seg.nii.gz",
+    "dicom_seg": "_seg.dcm",
+    "overlay": "_overlay.gif",
+    "csv": "_areas.csv",
+}
+
+
+@dataclass
+class CaseOutputs:
+    """What :func:`write_case_outputs` wrote (kind -> path) and skipped (kind -> reason)."""
+
+    case_id: str
+    folder: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def case_id_for(source: str | os.PathLike) -> str:
+    """Case name of an input: the file name without its image suffix (``a.nii.gz`` -> ``a``), or the folder name."""
+    from vivim_monai.data.cine import VOLUME_SUFFIXES  # here: vivim_monai.data imports vivim_monai.io (atomic)
+
+    name = Path(source).name
+    for suffix in sorted((*VOLUME_SUFFIXES, ".dcm", ".dicom"), key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_dicom_file(path: Path) -> bool:
+    from vivim_monai.data.dicom import has_dicom_preamble  # here: vivim_monai.data imports vivim_monai.io (atomic)
+
+    return path.is_file() and (path.suffix.lower() in (".dcm", ".dicom") or has_dicom_preamble(path))
+
+
+def _meta(cine: Any) -> Mapping[str, Any]:
+    return getattr(cine, "meta", None) or {}
+
+
+def _spacing(value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    values = as_numpy(value).astype(float).ravel()
+    return (float(values[0]), float(values[1])) if values.size >= 2 else None
+
+
+def write_case_outputs(
+    cine: Any,
+    labels: Any,
+    output_dir: str | os.PathLike,
+    source: str | os.PathLike | None = None,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    case_id: str | None = None,
+    kinds: Sequence[str] = tuple(OUTPUT_KINDS),
+    spacing_mm: Sequence[float] | None = None,
+    frame_time_ms: float | None = None,
+    overlay_max_size: int | None = 512,
+    overlay_frame_step: int = 1,
+    seg_kwargs: Mapping[str, Any] | None = None,
+) -> CaseOutputs:
+    """Write the outputs of one cine's prediction; returns the written paths and the skipped kinds with reasons.
+
+    Args:
+        cine: the input cine ``(C, H, W, T)`` as loaded by :func:`vivim_monai.data.load_cine` (a MetaTensor whose
+            metadata gives the defaults below) or any array.
+        labels: predicted class indices ``(H, W, T)`` or ``(1, H, W, T)`` on the cine's frame grid.
+        output_dir: parent of the case folder (created if needed).
+        source: the input file or folder (default: ``cine.meta["filename_or_obj"]``); the DICOM SEG references it
+            and is skipped, with the reason, when it is not a DICOM file.
+        class_names: all class names, background first.
+        case_id: name of the case folder and file prefix (default: :func:`case_id_for` of ``source``).
+        kinds: which of :data:`OUTPUT_KINDS` to write.
+        spacing_mm: (row, column) pixel spacing (default: ``meta["pixel_spacing_mm"]``); unknown leaves the CSV's
+            mm² columns empty and the NIfTI spacing at 1.
+        frame_time_ms: frame interval (default: ``meta["frame_time_ms"]`` unless its source is ``"default"``, i.e.
+            a guess; then the CSV's time column is empty and the GIF plays at 30 frames/s).
+        overlay_max_size, overlay_frame_step: GIF downsizing (see :func:`write_overlay_gif`).
+        seg_kwargs: extra arguments of :func:`write_dicom_seg` (algorithm name and version, series number, ...).
+    """
+    meta = _meta(cine)
+    unknown = set(kinds) - set(OUTPUT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown output kinds {sorted(unknown)}; choose from {list(OUTPUT_KINDS)}")
+    source = source if source is not None else meta.get("filename_or_obj")
+    source_path = Path(source) if source else None
+    if case_id is None:
+        if source_path is None:
+            raise ValueError("give case_id or source (or a cine whose meta has filename_or_obj)")
+        case_id = case_id_for(source_path)
+    spacing = _spacing(spacing_mm if spacing_mm is not None else meta.get("pixel_spacing_mm"))
+    if frame_time_ms is None and meta.get("frame_time_ms") is not None and meta.get("frame_time_source") != "default":
+        frame_time_ms = float(as_numpy(meta["frame_time_ms"]).ravel()[0])
+    volume = as_label_volume(labels)
+    cine_shape = tuple(getattr(cine, "shape", ()))
+    if len(cine_shape) != 4 or cine_shape[1:] != volume.shape:
+        raise ValueError(f"labels (H, W, T) {volume.shape} do not match the cine (C, H, W, T) {cine_shape}")
+    folder = Path(output_dir) / case_id
+    paths = {kind: folder / f"{case_id}{OUTPUT_KINDS[kind]}" for kind in kinds}
+    inputs = {Path(name).resolve() for name in meta.get("frame_files", [])}
+    if source_path is not None:
+        inputs.add(source_path.resolve())
+    clashes = [str(path) for path in paths.values() if path.resolve() in inputs]
+    if clashes:
+        raise ValueError(f"refusing to overwrite inputs with outputs: {clashes}")
+
+    result = CaseOutputs(case_id, folder)
+    if "nifti" in paths:
+        result.files["nifti"] = write_nifti_labels(volume, paths["nifti"], spacing, frame_time_ms)
+    if "dicom_seg" in paths:
+        if source_path is None or not _is_dicom_file(source_path):
+            result.skipped["dicom_seg"] = f"source {source_path} is not a DICOM file; a DICOM SEG needs a DICOM source"
+        else:
+            options = dict(seg_kwargs or {})
+            result.files["dicom_seg"] = write_dicom_seg(volume, source_path, paths["dicom_seg"], class_names, **options)
+    if "overlay" in paths:
+        result.files["overlay"] = write_overlay_gif(
+            cine,
+            volume,
+            paths["overlay"],
+            frame_time_ms,
+            max_size=overlay_max_size,
+            frame_step=overlay_frame_step,
+        )
+    if "csv" in paths:
+        result.files["csv"] = write_frame_csv(volume, paths["csv"], class_names, spacing, frame_time_ms)
+    return result
+
+
+class CineOutputWriter:
+    """:func:`write_case_outputs` with fixed settings, e.g. for a bundle's inference config::
+
+        {"_target_": "vivim_monai.io.CineOutputWriter", "output_dir": "$@output_dir"}
+
+    ``writer(cine, labels, source=None, case_id=None)`` returns the :class:`CaseOutputs` of that cine.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, **options: Any) -> None:
+        self.output_dir = Path(output_dir)
+        self.options = options
+
+    def __call__(
+        self, cine: Any, labels: Any, source: str | os.PathLike | None = None, case_id: str | None = None
+    ) -> CaseOutputs:
+        return write_case_outputs(cine, labels, self.output_dir, source=source, case_id=case_id, **self.options)
