@@ -272,19 +272,30 @@ def bench_decode(args: argparse.Namespace) -> None:
         "| file | shape (C, H, W, T) | pydicom (ms) | load_cine (ms) | overhead | load_cine float32 (ms) | overhead |"
     )
     print("|---|---|---|---|---|---|---|")
-    cpu = torch.device("cpu")
     totals = np.zeros(3)
     for entry in files:
-        times = np.array(
-            [
-                time_call(lambda: _pydicom_pixels(pydicom.dcmread(entry.path)), args.repeats, cpu),
-                time_call(lambda: load_cine(entry.path), args.repeats, cpu),
-                time_call(lambda: load_cine(entry.path, dtype=torch.float32), args.repeats, cpu),
-            ]
-        )
+        calls = [
+            lambda: _pydicom_pixels(pydicom.dcmread(entry.path)),
+            lambda: load_cine(entry.path),
+            lambda: load_cine(entry.path, dtype=torch.float32),
+        ]
+        times = _interleaved_medians(calls, args.repeats)
         totals += times
         print(_decode_row(entry.name, str(tuple(load_cine(entry.path).shape)), times))
     print(_decode_row("all", "-", totals) + "\n")
+
+
+def _interleaved_medians(calls: list[Callable[[], object]], repeats: int) -> np.ndarray:
+    """Median seconds of each call, timed in turn within every repeat so machine drift hits all of them alike."""
+    for call in calls:
+        call()  # warm-up
+    times = np.zeros((repeats, len(calls)))
+    for repeat in range(repeats):
+        for index, call in enumerate(calls):
+            start = time.perf_counter()
+            call()
+            times[repeat, index] = time.perf_counter() - start
+    return np.median(times, axis=0)
 
 
 def _pydicom_pixels(ds) -> np.ndarray:
