@@ -160,6 +160,7 @@ def test_scripts_write_datalist_and_folds_and_load_by_fold(tmp_path):
         assert len(train) + len(val) == 6 and val and not {e["case_id"] for e in train} & {e["case_id"] for e in val}
         assert all(e["fold"] == k for e in val)
     assert load_datalist(with_folds, fold=-1, split="train")[0]["image"] == str(tmp_path / "data" / "case0.dcm")
+    assert load_datalist(with_folds, fold=-1, split="val") == [] and len(load_datalist(with_folds, fold=-1)) == 6
     moved = load_datalist(with_folds, root="/elsewhere")
     assert moved[0]["image"] == "/elsewhere/case0.dcm" and moved[0]["case_id"] == "case0.dcm"
     failed = run("scripts/make_folds.py", str(datalist), "--folds", "9", "--output", str(tmp_path / "x.json"))

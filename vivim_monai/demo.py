@@ -1,89 +1,128 @@
-"""Main job on the embedded default: Vivim over the real echo cine that ships inside pydicom.
+"""The main job on an embedded default: phantom cines -> train -> evaluate -> infer, all through ``monai.bundle run``.
 
-``python -m vivim_monai.demo`` reads ``pydicom.examples.ybr_color`` (30-frame ultrasound, JPEG Baseline YBR),
-normalises it, builds a randomly initialised Vivim and segments every frame with a sliding clip window along
-time, then prints the shapes, timings and the selective-scan backend that ran. Weights are random (no released
-weights exist and nothing is downloaded), so the class map itself is meaningless; shapes, speed and the data
-path are what this checks.
+``python -m vivim_monai.demo`` (what ``bash scripts/demo.sh`` runs):
+
+1. writes synthetic ultrasound phantoms (:func:`~vivim_monai.data.write_phantom_case`: Ultrasound Multi-frame DICOM
+   with 3-class NIfTI labels) and their datalist with cross-validation folds into ``<output>/data``, plus one
+   held-out phantom into ``<output>/test``;
+2. trains a small Vivim on fold 0 with ``python -m monai.bundle run`` over ``bundle/configs/train.json``;
+3. evaluates the best checkpoint on the validation fold in original frame geometry (``train.json`` +
+   ``evaluate.json``) and prints Dice per class;
+4. runs ``inference.json`` on the held-out phantom and on pydicom's real 30-frame echo cine (``ybr_color``), writing
+   per input a NIfTI label volume, a DICOM SEG, an overlay GIF and a per-frame area CSV into ``<output>/outputs``.
+
+Every bundle command is printed before it runs, so each step can be repeated by hand. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
+import shlex
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import torch
-from monai.inferers import SlidingWindowInferer
-from monai.transforms import NormalizeIntensity, Resize
 from pydicom import examples
 
-from vivim_monai.data import load_cine
-from vivim_monai.networks import VIVIM_VARIANTS, Vivim
-from vivim_monai.ops import BACKENDS, ENV_VAR, resolve_backend
+from vivim_monai.data import assign_folds, discover_cases, write_datalist, write_phantom_case
+from vivim_monai.networks import VIVIM_VARIANTS
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
+PHANTOM_CLASSES = ("background", "solid", "non-solid")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vivim_monai.demo", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--file",
-        default=None,
-        help="cine to read: DICOM, NIfTI/MHA/NRRD or a frame folder " "(default: pydicom's ybr_color example)",
-    )
-    parser.add_argument("--variant", default="b0", choices=sorted(VIVIM_VARIANTS), help="Vivim variant")
-    parser.add_argument("--classes", type=int, default=3, help="output classes (e.g. background/solid/non-solid)")
-    parser.add_argument("--size", type=int, default=256, help="frames are resized to size x size (multiple of 32)")
-    parser.add_argument("--clip-length", type=int, default=5, help="frames per clip window along time")
-    parser.add_argument("--overlap", type=float, default=0.0, help="overlap of consecutive clip windows, [0, 1)")
-    parser.add_argument("--backend", default=None, choices=BACKENDS + ("auto",), help=f"scan backend ({ENV_VAR})")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="vivim_demo", help="folder for data, checkpoints, reports and outputs")
+    parser.add_argument("--cases", type=int, default=8, help="phantom cines for training and validation")
+    parser.add_argument("--frames", type=int, default=20, help="frames per phantom cine")
+    parser.add_argument("--folds", type=int, default=4, help="cross-validation folds (fold 0 is trained)")
+    parser.add_argument("--variant", default="tiny", choices=sorted(VIVIM_VARIANTS), help="Vivim variant")
+    parser.add_argument("--size", type=int, default=128, help="frames are resized to size x size (multiple of 32)")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--bundle", default=str(BUNDLE_DIR), help="bundle folder (configs/)")
     return parser.parse_args(argv)
+
+
+def make_phantom_data(root: Path, cases: int, frames: int, folds: int) -> Path:
+    """Phantom training cases with a folded datalist in ``root/data``; one held-out case in ``root/test``."""
+    data = root / "data"
+    for index in range(cases):
+        write_phantom_case(data, f"phantom{index:03d}", seed=index, num_frames=frames, height=192, width=256)
+    write_phantom_case(root / "test", "heldout", seed=1000, num_frames=frames * 2, height=192, width=256)
+    entries = discover_cases(data, "dicom", class_names=PHANTOM_CLASSES)
+    fold_of_entry, report = assign_folds(entries, folds)
+    entries = [{**entry, "fold": fold} for entry, fold in zip(entries, fold_of_entry)]
+    datalist = data / "datalist.json"
+    write_datalist(datalist, entries, data, "dicom", PHANTOM_CLASSES, name="phantom", folds=report)
+    return datalist
+
+
+def bundle_command(bundle: Path, configs: list[str], overrides: dict[str, object]) -> list[str]:
+    files = [str(bundle / "configs" / name) for name in configs]
+    command = [sys.executable, "-m", "monai.bundle", "run"]
+    command += ["--config_file", files[0] if len(files) == 1 else json.dumps(files)]
+    command += ["--meta_file", str(bundle / "configs" / "metadata.json")]
+    command += ["--logging_file", str(bundle / "configs" / "logging.conf")]
+    for key, value in overrides.items():
+        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return command
+
+
+def run_step(title: str, command: list[str]) -> float:
+    print(f"\n=== {title}\n$ {shlex.join(command)}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    path = args.file or str(examples.get_path("ybr_color"))
-    cine = load_cine(path)
-    channels, height, width, frames = cine.shape
-    print(
-        f"cine      {os.path.basename(path)}: {frames} frames of {height}x{width}, {channels} channel(s), "
-        f"frame time {cine.meta['frame_time_ms']:.3f} ms ({cine.meta['frame_time_source']})"
-    )
-
-    image = Resize(spatial_size=(args.size, args.size, -1), mode="bilinear")(cine / max(float(cine.max()), 1.0))
-    if channels == 3:
-        image = NormalizeIntensity(subtrahend=IMAGENET_MEAN, divisor=IMAGENET_STD, channel_wise=True)(image)
-    clip = torch.as_tensor(image).unsqueeze(0)
-    print(f"input     {tuple(clip.shape)}  (B, C, H, W, T)")
-
-    network = Vivim(args.variant, in_channels=channels, out_channels=args.classes, scan_backend=args.backend).eval()
-    backend = resolve_backend(args.backend, clip.device)
-    parameters = sum(p.numel() for p in network.parameters())
-    print(
-        f"network   Vivim({args.variant!r}) {parameters / 1e6:.2f} M parameters, scan backend '{backend}', "
-        f"{torch.get_num_threads()} CPU threads"
-    )
-
-    window = min(args.clip_length, frames)
-    inferer = SlidingWindowInferer(roi_size=(-1, -1, window), sw_batch_size=1, overlap=args.overlap)
-    with torch.inference_mode():
-        start = time.perf_counter()
-        logits = inferer(clip, network)
-        seconds = time.perf_counter() - start
-    labels = logits.argmax(dim=1)
-    fractions = [round(float((labels == k).float().mean()), 3) for k in range(args.classes)]
-    print(f"output    {tuple(logits.shape)} logits (B, K, H, W, T); class fractions {fractions} (random weights)")
-    print(f"timing    {seconds:.2f} s for {frames} frames in clips of {window}: {frames / seconds:.2f} frames/s")
-    return {
-        "input_shape": tuple(clip.shape),
-        "output_shape": tuple(logits.shape),
-        "backend": backend,
-        "seconds": seconds,
+    root, bundle = Path(args.output).resolve(), Path(args.bundle).resolve()
+    if not (bundle / "configs" / "train.json").is_file():
+        raise SystemExit(f"{bundle}: no configs/train.json; pass --bundle <repository>/bundle")
+    started = time.perf_counter()
+    datalist = make_phantom_data(root, args.cases, args.frames, args.folds)
+    print(f"data      {args.cases} phantom cines of {args.frames} frames + 1 held-out -> {datalist}")
+    common = {
+        "bundle_root": str(root),
+        "dataset_dir": str(root / "data"),
+        "spatial_size": [args.size, args.size],
+        "network_def#variant": args.variant,
     }
+    training = {
+        **common,
+        "fold": 0,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "max_numerosity": 3,
+    }
+    seconds = {"train": run_step("train (fold 0)", bundle_command(bundle, ["train.json"], training))}
+    evaluation = {**common, "fold": 0, "output_dir": str(root / "eval")}
+    seconds["evaluate"] = run_step(
+        "evaluate (validation fold, original geometry)",
+        bundle_command(bundle, ["train.json", "evaluate.json"], evaluation),
+    )
+    summary = json.loads((root / "eval" / "metrics_summary.json").read_text())
+    inputs = [str(root / "test" / "heldout.dcm"), str(examples.get_path("ybr_color"))]
+    inference = {**common, "input_files": inputs, "output_dir": str(root / "outputs")}
+    seconds["inference"] = run_step(
+        "inference (held-out phantom, real echo)", bundle_command(bundle, ["inference.json"], inference)
+    )
+    total = time.perf_counter() - started
+    dice = summary["by_frame"]["dice"]
+    print("\nDice per class (validation fold, per-frame mean): " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+    print(f"outputs   {root / 'outputs'}")
+    for path in sorted((root / "outputs").rglob("*")):
+        if path.is_file():
+            print(f"          {path.relative_to(root)}")
+    print(f"time      {total:.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})")
+    return {"summary": summary, "seconds": seconds, "total_seconds": total, "root": str(root)}
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ def _base_meta(path: str) -> dict[str, Any]:
         "filename_or_obj": path,
         "frame_time_ms": DEFAULT_FRAME_TIME_MS,
         "frame_time_source": "default",
-        "pixel_spacing_mm": None,
         "pixel_spacing_source": "unknown",
     }
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from monai.data import CacheDataset, MetaTensor
 
 __all__ = ["CLIP_MODES", "ClipDataset", "ClipSampler", "select_frames"]
 
@@ -85,25 +85,39 @@ class ClipDataset(torch.utils.data.Dataset):
     """Clips of cases as dictionaries, re-drawn per epoch in training (call :meth:`set_epoch` each epoch).
 
     Args:
-        cases: per-case dictionaries whose ``keys`` hold ``(C, H, W, T)`` tensors aligned in time (e.g. the output of
-            a cached loading transform) — all other entries are copied into every clip.
+        data: datalist entries (with ``case_transform``, e.g. ``LoadCined`` + fan crop + resize) or already loaded
+            cases whose ``keys`` hold ``(C, H, W, T)`` tensors aligned in time; other entries are copied into every
+            clip. A plain list, so bundle overrides of ``train#dataset#data`` (MONAI Label) work.
         sampler: the clip windows.
         keys: the time-aligned entries to cut (e.g. ``("image", "label")``).
+        case_transform: turns an entry into a loaded case; applied once per case and cached in memory (the cases are
+            needed up front anyway, to count their frames). Memory: the preprocessed frames of all cases.
         transform: applied to every clip dictionary (augmentation in training, none in evaluation).
         training: training windows (per epoch) or evaluation windows (cover every frame).
+        cache_num_workers: threads loading the cases.
 
     With DataLoader workers, keep ``persistent_workers=False`` so that each epoch's workers see the new clips.
     """
 
     def __init__(
         self,
-        cases: Sequence[dict[str, Any]],
+        data: Sequence[dict[str, Any]],
         sampler: ClipSampler,
         keys: Sequence[str] = ("image", "label"),
+        case_transform: Callable[[dict[str, Any]], Any] | None = None,
         transform: Callable[[dict[str, Any]], Any] | None = None,
         training: bool = True,
+        cache_num_workers: int = 1,
     ) -> None:
-        self.cases, self.sampler, self.keys = list(cases), sampler, tuple(keys)
+        self.data = list(data)
+        if case_transform is None:
+            self.cases = self.data
+        else:
+            cached = CacheDataset(
+                self.data, case_transform, cache_rate=1.0, num_workers=cache_num_workers, progress=False
+            )
+            self.cases = [cached[i] for i in range(len(cached))]
+        self.sampler, self.keys = sampler, tuple(keys)
         self.transform, self.training = transform, training
         self.epoch = 0
         self.index: list[tuple[int, int]] = []

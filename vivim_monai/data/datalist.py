@@ -270,7 +270,8 @@ def load_datalist(
     Args:
         path: datalist JSON (from ``scripts/make_datalist.py`` / ``scripts/make_folds.py``).
         root: data folder overriding the datalist's own ``root`` (e.g. a bundle's ``dataset_dir``).
-        fold: fold index (entries carry ``"fold"`` after ``make_folds.py``); None or -1: no fold selection.
+        fold: fold index (entries carry ``"fold"`` after ``make_folds.py``); None or -1: every entry is training
+            data and the validation side is empty (the final retrain on all folds).
         split: ``"train"`` (fold != ``fold``), ``"val"`` (fold == ``fold``) or ``"all"``.
         section: datalist section.
     """
@@ -287,6 +288,8 @@ def load_datalist(
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
     base = Path(root) if root is not None else (path.parent / document.get("root", ".")).resolve()
     path_keys = document.get("path_keys", PATH_KEYS)
+    if split == "val" and (fold is None or fold < 0):
+        return []  # a final model trained on every fold has no validation side
     entries = []
     for entry in document[section]:
         if fold is not None and fold >= 0 and split != "all":

@@ -7,8 +7,9 @@ MONAI ``PydicomReader`` axis swap).
 
 Metadata kept for later steps (fan masking, physical areas, DICOM SEG): frame time (``FrameTime``, the mean of
 ``FrameTimeVector``, ``CineRate``, else :data:`DEFAULT_FRAME_TIME_MS`, with its source), pixel spacing in mm (from
-the first 2-D tissue region of ``SequenceOfUltrasoundRegions``, else ``PixelSpacing`` / ``ImagerPixelSpacing``), the
-ultrasound regions themselves, and the study / series / SOP instance UIDs.
+the first 2-D tissue region of ``SequenceOfUltrasoundRegions``, else ``PixelSpacing`` / ``ImagerPixelSpacing``; the
+key is absent when unknown, since MONAI cannot collate None), the ultrasound regions themselves, and the study /
+series / SOP instance UIDs.
 """
 
 from __future__ import annotations
@@ -137,7 +138,6 @@ def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[s
         "filename_or_obj": path,
         "frame_time_ms": frame_time,
         "frame_time_source": frame_time_source,
-        "pixel_spacing_mm": spacing,
         "pixel_spacing_source": spacing_source,
         "ultrasound_regions": regions,
         "number_of_frames": frames,
@@ -149,6 +149,8 @@ def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[s
         "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")),
         "modality": str(ds.get("Modality", "")),
     }
+    if spacing is not None:  # left out when unknown: MONAI's collate cannot batch None
+        meta["pixel_spacing_mm"] = spacing
     row_mm, col_mm = spacing or (1.0, 1.0)
     meta[MetaKeys.AFFINE] = np.diag([row_mm, col_mm, 1.0, 1.0])
     meta[MetaKeys.ORIGINAL_AFFINE] = meta[MetaKeys.AFFINE].copy()

@@ -1,6 +1,7 @@
 """Transforms for ultrasound cines: loading datalist entries, fan masks, clip-consistent augmentation (on MONAI)."""
 
 from vivim_monai.transforms.augment import clip_augmentation
+from vivim_monai.transforms.channels import ToChannelsd
 from vivim_monai.transforms.fan import (
     FAN_METHODS,
     FanMaskd,
@@ -19,6 +20,7 @@ __all__ = [
     "fan_mask_from_image",
     "fan_mask_from_regions",
     "LoadCined",
+    "ToChannelsd",
     "load_fan_image",
     "mask_iou",
 ]

@@ -1,0 +1,23 @@
+"""Ignite handlers of the bundle's workflows: evaluation report, per-case outputs, per-epoch clip redraw, speed."""
+
+from vivim_monai.handlers.cases import CaseFields, case_fields, engine_cases
+from vivim_monai.handlers.clips import ClipEpochResampler
+from vivim_monai.handlers.outputs import CaseOutputHandler
+from vivim_monai.handlers.plots import write_confusion_png
+from vivim_monai.handlers.report import TEMPORAL_KEYS, CaseResult, EvaluationReport
+from vivim_monai.handlers.timing import INFERENCE_TIMING, InferenceTimer, count_frames
+
+__all__ = [
+    "CaseFields",
+    "case_fields",
+    "engine_cases",
+    "ClipEpochResampler",
+    "CaseOutputHandler",
+    "write_confusion_png",
+    "TEMPORAL_KEYS",
+    "CaseResult",
+    "EvaluationReport",
+    "INFERENCE_TIMING",
+    "InferenceTimer",
+    "count_frames",
+]
