@@ -1,6 +1,7 @@
 """Ignite handlers of the bundle's workflows: evaluation report, per-case outputs, per-epoch clip redraw, speed."""
 
 from vivim_monai.handlers.cases import CaseFields, case_fields, engine_cases
+from vivim_monai.handlers.checkpoint import ModelWeights
 from vivim_monai.handlers.clips import ClipEpochResampler
 from vivim_monai.handlers.outputs import CaseOutputHandler
 from vivim_monai.handlers.plots import write_confusion_png
@@ -8,6 +9,7 @@ from vivim_monai.handlers.report import TEMPORAL_KEYS, CaseResult, EvaluationRep
 from vivim_monai.handlers.timing import INFERENCE_TIMING, InferenceTimer, count_frames
 
 __all__ = [
+    "ModelWeights",
     "CaseFields",
     "case_fields",
     "engine_cases",

@@ -1,0 +1,151 @@
+"""The MONAI bundle, Model Zoo style: phantom data -> train -> evaluate -> infer, properties, net in/out, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from conftest import REPO_ROOT, SHARED_SCHEMAS
+from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
+
+from vivim_monai.data import load_cine
+from vivim_monai.demo import make_phantom_data
+
+CONFIGS = REPO_ROOT / "bundle" / "configs"
+META, LOGGING = str(CONFIGS / "metadata.json"), str(CONFIGS / "logging.conf")
+
+
+def _workflow(kind: str, files: list[str], **override) -> ConfigWorkflow:
+    config = [str(CONFIGS / f) for f in files]
+    return ConfigWorkflow(
+        config_file=config if len(config) > 1 else config[0],
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type=kind,
+        **override,
+    )
+
+
+@pytest.fixture(scope="module")
+def bundle_run(tmp_path_factory):
+    """Train (2 epochs), evaluate and infer once on tiny phantom cines; later tests inspect the results."""
+    root = tmp_path_factory.mktemp("bundle")
+    make_phantom_data(root, cases=4, frames=8, folds=2)
+    common = {"bundle_root": str(root), "dataset_dir": str(root / "data"), "spatial_size": [64, 64]}
+    common["network_def#variant"] = "tiny"
+    train = _workflow("train", ["train.json"], fold=0, epochs=2, batch_size=2, max_numerosity=2, **common)
+    train.initialize()
+    assert not train.check_properties(), "every Model Zoo train property is present"
+    train.run()
+    train.finalize()
+    evaluate = _workflow("eval", ["train.json", "evaluate.json"], fold=0, output_dir=str(root / "eval"), **common)
+    evaluate.initialize()
+    evaluate.run()
+    evaluate.finalize()
+    sources = [str(root / "test" / "heldout.dcm"), str(pydicom.examples.get_path("ybr_color"))]
+    before = {s: Path(s).read_bytes() for s in sources}
+    infer = _workflow("infer", ["inference.json"], input_files=sources, output_dir=str(root / "out"), **common)
+    infer.initialize()
+    assert not infer.check_properties(), "every Model Zoo inference property is present"
+    infer.run()
+    infer.finalize()
+    return {"root": root, "sources": sources, "before": before}
+
+
+def test_training_saves_the_best_checkpoint(bundle_run):
+    checkpoint = torch.load(bundle_run["root"] / "models" / "model.pt", weights_only=True)
+    assert set(checkpoint) == {"model"} and any(k.startswith("encoder.") for k in checkpoint["model"])
+    assert list((bundle_run["root"] / "eval").glob("events.out.tfevents.*")), "TensorBoard logs"
+
+
+def test_evaluation_writes_metrics_in_original_geometry(bundle_run):
+    eval_dir = bundle_run["root"] / "eval"
+    summary = json.loads((eval_dir / "metrics_summary.json").read_text())
+    assert summary["num_cases"] == 2 and summary["num_frames"] == 16 and summary["class_names"][1] == "solid"
+    dice = summary["by_frame"]["dice"]
+    assert 0.0 <= dice["foreground_mean"] <= 1.0 and "inference_timing" in summary
+    for name in ("metrics_per_frame.csv", "metrics_per_video.csv", "confusion_matrix.csv", "confusion_matrix.png"):
+        assert (eval_dir / name).is_file(), name
+    confusion = np.loadtxt(eval_dir / "confusion_matrix.csv", delimiter=",", skiprows=1, usecols=(1, 2, 3))
+    assert confusion.sum() == 2 * 192 * 256 * 8, "every pixel of every original-size frame is counted"
+
+
+def test_inference_outputs_for_phantom_and_real_echo(bundle_run):
+    out = bundle_run["root"] / "out"
+    for source in bundle_run["sources"]:
+        stem = Path(source).stem
+        files = {p.name for p in (out / stem).iterdir()}
+        assert files == {f"{stem}_seg.nii.gz", f"{stem}_seg.dcm", f"{stem}_overlay.gif", f"{stem}_areas.csv"}
+        cine = load_cine(source)
+        labels = np.asarray(nib.load(out / stem / f"{stem}_seg.nii.gz").dataobj)
+        assert labels.shape == tuple(cine.shape[1:]), "labels in the source geometry, every frame"
+        seg = pydicom.dcmread(out / stem / f"{stem}_seg.dcm")
+        assert (
+            seg.Modality == "SEG"
+            and seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+            == cine.meta["sop_instance_uid"]
+        )
+        assert Path(source).read_bytes() == bundle_run["before"][source], "inputs untouched"
+    assert not list(out.rglob("*.tmp*")), "no temporary files left"
+
+
+def test_metadata_and_network_in_out(tmp_path):
+    schema = SHARED_SCHEMAS / "meta_schema_20240725.json"
+    if schema.is_file():
+        verify_metadata(meta_file=META, filepath=str(schema))
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=META,
+        config_file=str(CONFIGS / "inference.json"),
+        n=1,
+        any=3,
+        device="cpu",
+        **{"network_def#variant": "tiny"},
+    )
+
+
+@pytest.mark.slow
+def test_multi_gpu_training_on_cpu_with_gloo(tmp_path):
+    make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
+    configs = json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
+    command += ["-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", META, "--logging_file", LOGGING]
+    command += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--spatial_size", "[64,64]"]
+    command += ["--network_def#variant", "tiny", "--epochs", "1", "--batch_size", "1", "--max_numerosity", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in checkpoint["model"]), "DDP wrapper unwrapped in the checkpoint"
+
+
+def test_training_resumes_from_the_last_state(bundle_run):
+    root = bundle_run["root"]
+    common = {"bundle_root": str(root), "dataset_dir": str(root / "data"), "spatial_size": [64, 64]}
+    state = root / "models" / "checkpoint_epoch=2.pt"
+    assert set(torch.load(state, weights_only=True)) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    resumed = _workflow(
+        "train",
+        ["train.json"],
+        fold=0,
+        epochs=3,
+        batch_size=2,
+        max_numerosity=2,
+        resume_checkpoint=str(state),
+        **{"network_def#variant": "tiny"},
+        **common,
+    )
+    resumed.initialize()
+    resumed.run()
+    trainer = resumed.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 3 and trainer.state.iteration == 3 * len(trainer.data_loader)
+    assert (root / "models" / "checkpoint_epoch=3.pt").is_file()
+    resumed.finalize()
