@@ -149,3 +149,28 @@ def test_training_resumes_from_the_last_state(bundle_run):
     assert trainer.state.epoch == 3 and trainer.state.iteration == 3 * len(trainer.data_loader)
     assert (root / "models" / "checkpoint_epoch=3.pt").is_file()
     resumed.finalize()
+
+
+def test_paper_recipe_overlay_trains_the_edge_head(tmp_path):
+    make_phantom_data(tmp_path, cases=2, frames=6, folds=2)
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / "train.json"), str(REPO_ROOT / "configs" / "paper_recipe.json")],
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type="train",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path / "data"),
+        spatial_size=[64, 64],
+        epochs=1,
+        batch_size=2,
+        max_numerosity=1,
+        **{"network_def#variant": "tiny"},
+    )
+    workflow.initialize()
+    network = workflow.parser.get_parsed_content("network")
+    before = [p.detach().clone() for p in network.edgeocr_cls_head.parameters()]
+    workflow.run()
+    optimizer = workflow.parser.get_parsed_content("optimizer")
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["weight_decay"] == 0.0
+    assert any(not torch.equal(b, p) for b, p in zip(before, network.edgeocr_cls_head.parameters())), "edge head learns"
+    workflow.finalize()

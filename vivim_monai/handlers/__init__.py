@@ -5,11 +5,13 @@ from vivim_monai.handlers.checkpoint import ModelWeights
 from vivim_monai.handlers.clips import ClipEpochResampler
 from vivim_monai.handlers.outputs import CaseOutputHandler
 from vivim_monai.handlers.plots import write_confusion_png
+from vivim_monai.handlers.progress import TrainingProgress
 from vivim_monai.handlers.report import TEMPORAL_KEYS, CaseResult, EvaluationReport
 from vivim_monai.handlers.timing import INFERENCE_TIMING, InferenceTimer, count_frames
 
 __all__ = [
     "ModelWeights",
+    "TrainingProgress",
     "CaseFields",
     "case_fields",
     "engine_cases",
