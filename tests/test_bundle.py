@@ -174,3 +174,20 @@ def test_paper_recipe_overlay_trains_the_edge_head(tmp_path):
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["weight_decay"] == 0.0
     assert any(not torch.equal(b, p) for b, p in zip(before, network.edgeocr_cls_head.parameters())), "edge head learns"
     workflow.finalize()
+
+
+@pytest.mark.slow
+def test_cross_validation_script_runs_every_fold_and_the_final_model(tmp_path):
+    datalist = make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
+    command = [sys.executable, "scripts/cross_validate.py", str(datalist), "--output", str(tmp_path / "cv"), "--final"]
+    for override in ("epochs=1", "spatial_size=[64,64]", "network_def#variant=tiny", "max_numerosity=1"):
+        command += ["--set", override]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = (tmp_path / "cv" / "cv_summary.md").read_text()
+    assert "| metric | class | fold_0 | fold_1 | mean ± sd |" in table and "| dice | foreground_mean |" in table
+    rows = (tmp_path / "cv" / "cv_summary.csv").read_text().splitlines()
+    assert rows[0] == "metric,class,fold_0,fold_1,mean,sd" and len(rows) == 1 + 6 * 4
+    final = torch.load(tmp_path / "cv" / "final" / "models" / "model.pt", weights_only=True)
+    assert set(final) == {"model"}, "the final retrain saves its last weights"
+    assert not (tmp_path / "cv" / "final" / "eval" / "metrics_summary.json").exists(), "no validation in the retrain"

@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from pydicom import examples
 
+from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command, run_bundle
 from vivim_monai.data import assign_folds, discover_cases, write_datalist, write_phantom_case
 from vivim_monai.networks import VIVIM_VARIANTS
 
-BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
 PHANTOM_CLASSES = ("background", "solid", "non-solid")
 
 
@@ -62,24 +59,6 @@ def make_phantom_data(root: Path, cases: int, frames: int, folds: int) -> Path:
     return datalist
 
 
-def bundle_command(bundle: Path, configs: list[str], overrides: dict[str, object]) -> list[str]:
-    files = [str(bundle / "configs" / name) for name in configs]
-    command = [sys.executable, "-m", "monai.bundle", "run"]
-    command += ["--config_file", files[0] if len(files) == 1 else json.dumps(files)]
-    command += ["--meta_file", str(bundle / "configs" / "metadata.json")]
-    command += ["--logging_file", str(bundle / "configs" / "logging.conf")]
-    for key, value in overrides.items():
-        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    return command
-
-
-def run_step(title: str, command: list[str]) -> float:
-    print(f"\n=== {title}\n$ {shlex.join(command)}", flush=True)
-    start = time.perf_counter()
-    subprocess.run(command, check=True)
-    return time.perf_counter() - start
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     root, bundle = Path(args.output).resolve(), Path(args.bundle).resolve()
@@ -102,16 +81,16 @@ def main(argv: list[str] | None = None) -> dict:
         "learning_rate": args.learning_rate,
         "max_numerosity": 3,
     }
-    seconds = {"train": run_step("train (fold 0)", bundle_command(bundle, ["train.json"], training))}
+    seconds = {"train": run_bundle("train (fold 0)", bundle_command(bundle, ["train.json"], training))}
     evaluation = {**common, "fold": 0, "output_dir": str(root / "eval")}
-    seconds["evaluate"] = run_step(
+    seconds["evaluate"] = run_bundle(
         "evaluate (validation fold, original geometry)",
         bundle_command(bundle, ["train.json", "evaluate.json"], evaluation),
     )
     summary = json.loads((root / "eval" / "metrics_summary.json").read_text())
     inputs = [str(root / "test" / "heldout.dcm"), str(examples.get_path("ybr_color"))]
     inference = {**common, "input_files": inputs, "output_dir": str(root / "outputs")}
-    seconds["inference"] = run_step(
+    seconds["inference"] = run_bundle(
         "inference (held-out phantom, real echo)", bundle_command(bundle, ["inference.json"], inference)
     )
     total = time.perf_counter() - started

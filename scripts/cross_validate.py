@@ -1,0 +1,100 @@
+"""Cross-validate the bundle: train and evaluate each fold, optionally retrain on all folds, tabulate mean ± sd.
+
+    python scripts/cross_validate.py datalists/bagls_folds.json --output runs/bagls \\
+        --set class_names='["background","glottis"]' --set label_format=binary --set use_fan=false \\
+        --set focal_alpha=null --set epochs=30 --final
+
+Each fold k trains ``bundle/configs/train.json`` with ``fold=k`` into ``<output>/fold_<k>`` (checkpoints, TensorBoard)
+and evaluates it with ``train.json`` + ``evaluate.json`` (metrics in original frame geometry). ``--final`` then trains
+``fold=-1`` (every case, no validation, final-epoch weights) into ``<output>/final``. The summary (per fold and
+mean ± sd over folds of the per-frame metrics, per class and foreground mean) goes to ``<output>/cv_summary.csv``,
+``<output>/cv_summary.md`` and stdout. ``--set key=value`` passes bundle overrides to every run (JSON values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command, parse_override, run_bundle
+from vivim_monai.io import atomic_write
+
+METRICS = ("dice", "jaccard", "precision", "recall", "specificity", "hd95")
+
+
+def fold_ids(datalist: Path, requested: list[int] | None) -> list[int]:
+    entries = json.loads(datalist.read_text())["training"]
+    if any("fold" not in entry for entry in entries):
+        raise SystemExit(f"{datalist}: entries have no 'fold'; run scripts/make_folds.py first")
+    folds = sorted({int(entry["fold"]) for entry in entries})
+    missing = sorted(set(requested or []) - set(folds))
+    if missing:
+        raise SystemExit(f"{datalist}: no fold {missing} (folds: {folds})")
+    return requested or folds
+
+
+def summary_rows(summaries: dict[int, dict]) -> list[dict[str, str]]:
+    """One row per metric and class: each fold's per-frame value, then mean and sd over folds."""
+    rows = []
+    first = next(iter(summaries.values()))
+    for metric in METRICS:
+        for name in first["by_frame"][metric]:
+            values = [summaries[k]["by_frame"][metric][name] for k in summaries]
+            numbers = np.array([np.nan if v is None else v for v in values], dtype=float)
+            row = {"metric": metric, "class": name}
+            row.update({f"fold_{k}": f"{v:.4f}" for k, v in zip(summaries, numbers)})
+            valid = numbers[~np.isnan(numbers)]
+            row["mean"] = f"{valid.mean():.4f}" if valid.size else "nan"
+            row["sd"] = f"{valid.std(ddof=1):.4f}" if valid.size > 1 else "nan"
+            rows.append(row)
+    return rows
+
+
+def write_tables(rows: list[dict[str, str]], output: Path) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(output / "cv_summary.csv", lambda name: Path(name).write_text(text.getvalue()))
+    folds = [k for k in rows[0] if k.startswith("fold_")]
+    lines = ["| metric | class | " + " | ".join(folds) + " | mean ± sd |", "|---" * (len(folds) + 3) + "|"]
+    for row in rows:
+        cells = " | ".join(row[k] for k in folds)
+        lines.append(f"| {row['metric']} | {row['class']} | {cells} | {row['mean']} ± {row['sd']} |")
+    markdown = "\n".join(lines) + "\n"
+    atomic_write(output / "cv_summary.md", lambda name: Path(name).write_text(markdown))
+    return markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("datalist", help="datalist with folds (scripts/make_folds.py)")
+    parser.add_argument("--output", required=True, help="folder for one run per fold and the summary")
+    parser.add_argument("--folds", type=int, nargs="+", help="folds to run (default: all)")
+    parser.add_argument("--final", action="store_true", help="also retrain on all folds into <output>/final")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override")
+    parser.add_argument("--bundle", default=str(BUNDLE_DIR), help="bundle folder (configs/)")
+    args = parser.parse_args(argv)
+    datalist, output, bundle = Path(args.datalist).resolve(), Path(args.output).resolve(), Path(args.bundle)
+    overrides = dict(parse_override(text) for text in args.set)
+    summaries = {}
+    for fold in fold_ids(datalist, args.folds):
+        run = {**overrides, "bundle_root": str(output / f"fold_{fold}"), "datalist": str(datalist), "fold": fold}
+        run_bundle(f"train fold {fold}", bundle_command(bundle, ["train.json"], run))
+        run_bundle(f"evaluate fold {fold}", bundle_command(bundle, ["train.json", "evaluate.json"], run))
+        summaries[fold] = json.loads((output / f"fold_{fold}" / "eval" / "metrics_summary.json").read_text())
+    if args.final:
+        run = {**overrides, "bundle_root": str(output / "final"), "datalist": str(datalist), "fold": -1}
+        run_bundle("final training on all folds", bundle_command(bundle, ["train.json"], run))
+    print("\n" + write_tables(summary_rows(summaries), output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Run the repository's MONAI bundle with ``python -m monai.bundle run`` from Python (main job, cross-validation)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["BUNDLE_DIR", "bundle_command", "parse_override", "run_bundle"]
+
+#: ``bundle/`` of the repository this package is installed from (editable install).
+BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
+
+
+def bundle_command(bundle: Path, configs: Sequence[str], overrides: Mapping[str, Any]) -> list[str]:
+    """``python -m monai.bundle run`` over ``bundle/configs/<configs>`` (merged in order) with ``--key value``."""
+    files = [str(p if Path(p).is_absolute() else bundle / "configs" / p) for p in configs]
+    command = [sys.executable, "-m", "monai.bundle", "run"]
+    command += ["--config_file", files[0] if len(files) == 1 else json.dumps(files)]
+    command += ["--meta_file", str(bundle / "configs" / "metadata.json")]
+    command += ["--logging_file", str(bundle / "configs" / "logging.conf")]
+    for key, value in overrides.items():
+        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return command
+
+
+def run_bundle(title: str, command: list[str]) -> float:
+    """Print and run one bundle command (failing loudly); returns its wall time in seconds."""
+    print(f"\n=== {title}\n$ {shlex.join(command)}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with ``value`` read as JSON when it parses (numbers, lists, true/null), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {text!r} is not key=value")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
