@@ -8,7 +8,9 @@ Each fold k trains ``bundle/configs/train.json`` with ``fold=k`` into ``<output>
 and evaluates it with ``train.json`` + ``evaluate.json`` (metrics in original frame geometry). ``--final`` then trains
 ``fold=-1`` (every case, no validation, final-epoch weights) into ``<output>/final``. The summary (per fold and
 mean ± sd over folds of the per-frame metrics, per class and foreground mean) goes to ``<output>/cv_summary.csv``,
-``<output>/cv_summary.md`` and stdout. ``--set key=value`` passes bundle overrides to every run (JSON values).
+``<output>/cv_summary.md`` and stdout, wall times to ``<output>/cv_timing.json``. ``--config overlay.json`` merges
+config overlays after ``train.json`` (e.g. ``configs/carotid.json``, ``configs/vivim_tiny.json``); ``--set key=value``
+passes bundle overrides to every run (JSON values).
 """
 
 from __future__ import annotations
@@ -78,20 +80,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="folder for one run per fold and the summary")
     parser.add_argument("--folds", type=int, nargs="+", help="folds to run (default: all)")
     parser.add_argument("--final", action="store_true", help="also retrain on all folds into <output>/final")
+    parser.add_argument("--config", action="append", default=[], help="config overlay merged after train.json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override")
     parser.add_argument("--bundle", default=str(BUNDLE_DIR), help="bundle folder (configs/)")
     args = parser.parse_args(argv)
     datalist, output, bundle = Path(args.datalist).resolve(), Path(args.output).resolve(), Path(args.bundle)
     overrides = dict(parse_override(text) for text in args.set)
-    summaries = {}
+    overlays = [str(Path(c).resolve()) for c in args.config]
+    train, evaluate = ["train.json", *overlays], ["train.json", *overlays, "evaluate.json"]
+    summaries, seconds = {}, {}
     for fold in fold_ids(datalist, args.folds):
         run = {**overrides, "bundle_root": str(output / f"fold_{fold}"), "datalist": str(datalist), "fold": fold}
-        run_bundle(f"train fold {fold}", bundle_command(bundle, ["train.json"], run))
-        run_bundle(f"evaluate fold {fold}", bundle_command(bundle, ["train.json", "evaluate.json"], run))
+        seconds[f"train_fold_{fold}"] = run_bundle(f"train fold {fold}", bundle_command(bundle, train, run))
+        seconds[f"evaluate_fold_{fold}"] = run_bundle(f"evaluate fold {fold}", bundle_command(bundle, evaluate, run))
         summaries[fold] = json.loads((output / f"fold_{fold}" / "eval" / "metrics_summary.json").read_text())
     if args.final:
         run = {**overrides, "bundle_root": str(output / "final"), "datalist": str(datalist), "fold": -1}
-        run_bundle("final training on all folds", bundle_command(bundle, ["train.json"], run))
+        seconds["train_final"] = run_bundle("final training on all folds", bundle_command(bundle, train, run))
+    timing = json.dumps({"seconds": seconds, "configs": overlays, "overrides": overrides}, indent=4) + "\n"
+    atomic_write(output / "cv_timing.json", lambda name: Path(name).write_text(timing))
     print("\n" + write_tables(summary_rows(summaries), output))
     return 0
 

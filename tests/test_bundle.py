@@ -191,3 +191,44 @@ def test_cross_validation_script_runs_every_fold_and_the_final_model(tmp_path):
     final = torch.load(tmp_path / "cv" / "final" / "models" / "model.pt", weights_only=True)
     assert set(final) == {"model"}, "the final retrain saves its last weights"
     assert not (tmp_path / "cv" / "final" / "eval" / "metrics_summary.json").exists(), "no validation in the retrain"
+
+
+def _frame_folder_dataset(root: Path, frames_per_case=(7, 9, 6, 8)) -> Path:
+    """Carotid-layout frame folders (cases of different lengths) with a folded datalist."""
+    from PIL import Image
+
+    from vivim_monai.data import assign_folds, discover_cases, write_datalist
+
+    rng = np.random.default_rng(0)
+    for case, frames in enumerate(frames_per_case):
+        name = f"acq{case}"
+        for t in range(frames):
+            image = rng.integers(0, 80, (48, 40, 3), dtype=np.uint8)
+            mask = np.zeros((48, 40), dtype=np.uint8)
+            mask[10 + t : 22 + t, 12:26] = 255
+            image[mask > 0] += 120
+            for folder, array in (("images", image), ("masks", mask)):
+                (root / name / folder).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(root / name / folder / f"{name}_slice_{10 * t + 3}.png")
+    entries = discover_cases(root, "carotid")
+    folds, report = assign_folds(entries, 2)
+    path = root / "datalist_folds.json"
+    write_datalist(path, [{**e, "fold": f} for e, f in zip(entries, folds)], root, "carotid", ("background", "lumen"))
+    return path
+
+
+def test_dataset_overlay_on_frame_folders_of_different_lengths(tmp_path):
+    datalist = _frame_folder_dataset(tmp_path / "data")
+    files = ["train.json", str(REPO_ROOT / "configs" / "carotid.json"), str(REPO_ROOT / "configs" / "vivim_tiny.json")]
+    common = {"bundle_root": str(tmp_path), "datalist": str(datalist), "fold": 0, "spatial_size": [64, 64]}
+    train = _workflow("train", files, epochs=1, batch_size=2, **common)  # clips of different cases in one batch
+    train.initialize()
+    train.run()
+    train.finalize()
+    evaluate = _workflow("eval", [*files, "evaluate.json"], output_dir=str(tmp_path / "eval"), **common)
+    evaluate.initialize()
+    evaluate.run()
+    evaluate.finalize()
+    summary = json.loads((tmp_path / "eval" / "metrics_summary.json").read_text())
+    assert summary["class_names"] == ["background", "lumen"] and summary["num_frames"] in (13, 14, 15, 17)
+    assert set(summary["by_frame"]["dice"]) == {"background", "lumen", "foreground_mean"}

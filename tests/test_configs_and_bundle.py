@@ -21,7 +21,9 @@ def test_there_are_network_overlays():
         "vivim_b0",
         "vivim_tiny",
         "vivim_b0_spatial_only",
+        "vivim_tiny_spatial_only",
         "per_frame_unet",
+        "per_frame_unet_small",
     }
 
 
@@ -30,12 +32,13 @@ def test_config_overlay_builds_its_network(path):
     text = path.read_text()
     assert text == json.dumps(json.loads(text), indent=4) + "\n", "JSON is pretty-printed with a 4-space indent"
     parser = ConfigParser()
-    parser.read_config(str(path))
+    parser.read_config([str(REPO_ROOT / "bundle" / "configs" / "train.json"), str(path)])
+    parser["class_names"] = ["background", "lumen"]
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, (Vivim, FrameWise))
-    if path.stem == "vivim_tiny" or path.stem == "per_frame_unet":
+    if path.stem in ("vivim_tiny", "per_frame_unet", "per_frame_unet_small", "vivim_tiny_spatial_only"):
         with torch.no_grad():
-            assert net.eval()(torch.zeros(1, 3, 64, 64, 2)).shape == (1, 3, 64, 64, 2)
+            assert net.eval()(torch.zeros(1, 3, 64, 64, 2)).shape == (1, 2, 64, 64, 2), "classes follow the bundle"
 
 
 def test_bundle_json_is_pretty_printed():
