@@ -232,3 +232,16 @@ def test_dataset_overlay_on_frame_folders_of_different_lengths(tmp_path):
     summary = json.loads((tmp_path / "eval" / "metrics_summary.json").read_text())
     assert summary["class_names"] == ["background", "lumen"] and summary["num_frames"] in (13, 14, 15, 17)
     assert set(summary["by_frame"]["dice"]) == {"background", "lumen", "foreground_mean"}
+
+
+def test_ovarian_overlay_runs_on_the_phantom_stand_in(tmp_path):
+    datalist = make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
+    files = ["train.json", str(REPO_ROOT / "configs" / "ovarian.json"), str(REPO_ROOT / "configs" / "vivim_tiny.json")]
+    common = {"bundle_root": str(tmp_path), "datalist": str(datalist), "fold": 1, "spatial_size": [64, 64]}
+    train = _workflow("train", files, epochs=1, batch_size=2, **common)
+    train.initialize()
+    loss = train.parser.get_parsed_content("loss")
+    assert list(loss.focal.alpha) == pytest.approx([0.05, 0.475, 0.475]) and train.parser["max_numerosity"] == 3
+    train.run()
+    train.finalize()
+    assert (tmp_path / "models" / "model.pt").is_file()

@@ -9,7 +9,6 @@ rank 0 writes. Temporal metrics need time-ordered frames: a case whose datalist 
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from ignite.engine import Engine, Events
 from vivim_monai.handlers.cases import CaseFields, engine_cases
 from vivim_monai.handlers.plots import write_confusion_png
 from vivim_monai.handlers.timing import INFERENCE_TIMING
-from vivim_monai.io import atomic_write
+from vivim_monai.io import atomic_write, atomic_write_csv
 from vivim_monai.metrics import (
     TemporalReference,
     confusion_matrix,
@@ -105,16 +104,6 @@ def _number(value: Any) -> float | None:
     """JSON number; NaN (undefined) becomes null."""
     value = float(value)
     return None if np.isnan(value) else value
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
-    def write(name: str) -> None:
-        with open(name, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-
-    return atomic_write(path, write)
 
 
 class EvaluationReport:
@@ -277,7 +266,7 @@ class EvaluationReport:
             for r in results
             for t in range(r.num_frames)
         ]
-        _write_csv(self.path("metrics_per_frame.csv"), header, rows)
+        atomic_write_csv(self.path("metrics_per_frame.csv"), header, rows)
 
         header = ["case_id", "n_frames", "frame_order"]
         header += [f"{m}_{n}" for m in metrics for n in [*names, "fg_mean"]]
@@ -292,7 +281,7 @@ class EvaluationReport:
                 values = [v for key in TEMPORAL_KEYS for v in r.temporal[key]] if r.temporal else None
                 row += [_cell(v) for v in values] if values else [NOT_AVAILABLE] * (len(TEMPORAL_KEYS) * len(names))
             rows.append(row)
-        _write_csv(self.path("metrics_per_video.csv"), header, rows)
+        atomic_write_csv(self.path("metrics_per_video.csv"), header, rows)
 
         atomic_write(
             self.path("metrics_summary.json"),
@@ -310,7 +299,7 @@ class EvaluationReport:
         )
         for stem, table, fmt, title in tables:
             rows = [[name] + [fmt(v) for v in row] for name, row in zip(names, table)]
-            _write_csv(self.path(f"{stem}.csv"), ["true\\pred", *names], rows)
+            atomic_write_csv(self.path(f"{stem}.csv"), ["true\\pred", *names], rows)
             if self.plot:
                 shade = recall if table is counts else table
                 text = (lambda v: f"{int(v)}") if table is counts else (lambda v: f"{v:.3f}")

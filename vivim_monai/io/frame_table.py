@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vivim_monai.io._labels import as_label_volume
-from vivim_monai.io.atomic import atomic_write
+from vivim_monai.io.atomic import atomic_write_csv
 
 __all__ = ["frame_areas", "write_frame_csv"]
 
@@ -57,10 +56,4 @@ def write_frame_csv(
             row += [str(int(count)), _number(count * pixel_mm2) if pixel_mm2 is not None else ""]
         rows.append(row)
 
-    def write(name: str) -> None:
-        with open(name, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-
-    return atomic_write(path, write)
+    return atomic_write_csv(path, header, rows)
