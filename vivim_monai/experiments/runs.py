@@ -51,7 +51,7 @@ def load_run(path: Path, name: str, dataset_config: Path | None = None) -> Model
     """Read ``<path>``: ``fold_<k>/eval/metrics_summary.json`` and ``cv_timing.json``.
 
     Without ``cv_timing.json`` (a run still in progress) the overlays are ``dataset_config`` and the repository's
-    ``configs/<name>.json``, with no overrides.
+    ``configs/<name>.json``, with no overrides; without either, ``configs`` stays empty (the network is unknown).
     """
     run = ModelRun(name=name, path=path)
     for folder in sorted(path.glob("fold_*")) if path.is_dir() else []:
@@ -68,7 +68,7 @@ def load_run(path: Path, name: str, dataset_config: Path | None = None) -> Model
         run.seconds = {k: float(v) for k, v in document.get("seconds", {}).items()}
         run.configs = [_resolve_config(c) for c in document.get("configs", [])]
         run.overrides = dict(document.get("overrides", {}))
-    else:
+    elif (REPO_CONFIGS / f"{name}.json").is_file():
         candidates = [dataset_config, REPO_CONFIGS / f"{name}.json"]
         run.configs = [str(c) for c in candidates if c is not None and Path(c).is_file()]
     return run

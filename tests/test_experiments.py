@@ -1,0 +1,278 @@
+"""The comparison report of cross-validated models (vivim_monai.experiments) on a fake two-model, two-fold output."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+from monai.bundle import ConfigParser
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
+
+from vivim_monai.data import load_datalist
+from vivim_monai.demo import make_phantom_data
+from vivim_monai.experiments import (
+    FoldStat,
+    ModelStats,
+    fold_curves,
+    load_run,
+    loss_per_epoch,
+    model_parser,
+    paired_difference,
+    predict_case,
+    winner_sentence,
+    write_comparison,
+)
+from vivim_monai.experiments.draw import PALETTE
+
+MODELS = ("vivim_tiny", "per_frame_unet_small")
+OVERRIDES = {"spatial_size": [64, 64], "in_channels": 1, "channel_mean": [0.5], "channel_std": [0.25]}  # grey input
+# foreground means per fold: dice, jaccard, precision, recall, hd95, inconsistent fraction, stability gap, fps
+NUMBERS = {
+    "vivim_tiny": [
+        (0.80, 0.70, 0.85, 0.78, 3.0, 0.10, 0.01, 10.0),
+        (0.90, 0.82, 0.91, 0.88, 5.0, 0.20, 0.03, 20.0),
+    ],
+    "per_frame_unet_small": [
+        (0.75, 0.60, 0.70, 0.80, 4.0, None, None, 40.0),
+        (0.80, 0.70, 0.82, 0.79, None, None, None, 50.0),
+    ],
+}
+TRAIN_SECONDS = {"vivim_tiny": (600.0, 900.0), "per_frame_unet_small": (300.0, 420.0)}
+VAL_DICE = {0: [0.2, 0.5, 0.7], 1: [0.3, 0.4, 0.8]}  # per epoch
+LOSSES = {0: [1.0, 0.8, 0.6, 0.5, 0.4, 0.2], 1: [0.9, 0.9, 0.7, 0.5, 0.3, 0.3]}  # 2 iterations per epoch
+
+
+def summary(numbers: tuple) -> dict:
+    dice, jaccard, precision, recall, hd95, inconsistent, gap, fps = numbers
+    by_frame = {
+        name: {"background": 0.99, "lumen": value, "foreground_mean": value}
+        for name, value in zip(("dice", "jaccard", "precision", "recall", "hd95"), (dice, jaccard, precision, recall))
+    }
+    by_frame["hd95"] = {"background": None, "lumen": hd95, "foreground_mean": hd95}
+    by_frame["specificity"] = {"background": 0.9, "lumen": 0.99, "foreground_mean": 0.99}
+    if inconsistent is None:
+        temporal = {"num_cases": 1, "skipped": {"case": "frame_order unknown"}, "by_video": {}}
+    else:
+        temporal = {
+            "num_cases": 1,
+            "skipped": {},
+            "by_video": {
+                "pred_inconsistent_fraction": {
+                    "background": 0.0,
+                    "lumen": inconsistent,
+                    "foreground_mean": inconsistent,
+                },
+                "stability_gap": {"background": 0.0, "lumen": gap, "foreground_mean": gap},
+            },
+        }
+    return {
+        "num_cases": 1,
+        "class_names": ["background", "lumen"],
+        "by_frame": by_frame,
+        "by_video": by_frame,
+        "hd95_unit": "mm",
+        "temporal": temporal,
+        "inference_timing": {"fps": fps, "frames": 6, "seconds": 6 / fps},
+    }
+
+
+def write_events(folder: Path, fold: int, shift: float) -> None:
+    """Two event files as the bundle writes them: train loss per iteration, validation Dice per epoch after it."""
+    with SummaryWriter(str(folder)) as writer:
+        for step, value in enumerate(LOSSES[fold], start=1):
+            writer.add_scalar("train_loss", value + shift, step, walltime=1000.0 + step)
+    with SummaryWriter(str(folder), filename_suffix=".val") as writer:
+        for epoch, value in enumerate(VAL_DICE[fold], start=1):
+            writer.add_scalar("val_mean_dice", value - shift, epoch, walltime=1000.0 + 2 * epoch + 0.5)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> tuple[Path, Path]:
+    """A real tiny datalist (2 phantom cines of 6 frames, 2 folds) and a binary lumen dataset overlay."""
+    root = tmp_path_factory.mktemp("phantom")
+    datalist = make_phantom_data(root, cases=2, frames=6, folds=2)
+    overlay = root / "dataset.json"
+    dataset = {"class_names": ["background", "lumen"], "label_format": "binary", "use_fan": False, "focal_alpha": None}
+    overlay.write_text(json.dumps(dataset))
+    return datalist, overlay
+
+
+def build_output(root: Path, phantom: tuple[Path, Path], checkpoint: bool = True) -> Path:
+    """``<root>/out``: datalist_folds.json and two model folders of two evaluated folds each."""
+    datalist, overlay = phantom
+    output = root / "out"
+    document = json.loads(datalist.read_text())
+    document["root"] = str(datalist.parent.resolve())
+    output.mkdir(parents=True)
+    (output / "datalist_folds.json").write_text(json.dumps(document))
+    for model in MODELS:
+        configs = [str(overlay), str(REPO_ROOT / "configs" / f"{model}.json")]
+        seconds = {}
+        for fold in (0, 1):
+            evaluation = output / model / f"fold_{fold}" / "eval"
+            evaluation.mkdir(parents=True)
+            (evaluation / "metrics_summary.json").write_text(json.dumps(summary(NUMBERS[model][fold])))
+            write_events(evaluation, fold, shift=0.0 if model == "vivim_tiny" else 0.1)
+            seconds[f"train_fold_{fold}"] = TRAIN_SECONDS[model][fold]
+            seconds[f"evaluate_fold_{fold}"] = 5.0
+        timing = {"seconds": seconds, "configs": configs, "overrides": OVERRIDES}
+        (output / model / "cv_timing.json").write_text(json.dumps(timing))
+    if checkpoint:  # only Vivim has a fold-0 checkpoint: randomly initialised
+        torch.manual_seed(0)
+        network = model_parser(load_run(output / "vivim_tiny", "vivim_tiny")).get_parsed_content("network_def")
+        (output / "vivim_tiny" / "fold_0" / "models").mkdir()
+        torch.save({"model": network.state_dict()}, output / "vivim_tiny" / "fold_0" / "models" / "model.pt")
+    return output
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, phantom) -> Path:
+    output = build_output(tmp_path_factory.mktemp("compare"), phantom)
+    return write_comparison(output, list(MODELS), dataset_config=phantom[1])
+
+
+def read_rows(report: Path) -> dict[str, dict[str, str]]:
+    with open(report.parent / "comparison.csv", newline="") as handle:
+        return {row["model"]: row for row in csv.DictReader(handle)}
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def test_table_numbers_are_fold_means_and_sds(report):
+    rows = read_rows(report)
+    for model in MODELS:
+        for index, metric in enumerate(("dice", "jaccard", "precision", "recall")):
+            mean, sd = mean_sd([fold[index] for fold in NUMBERS[model]])
+            assert float(rows[model][f"{metric}_mean"]) == pytest.approx(mean, abs=1e-6)
+            assert float(rows[model][f"{metric}_sd"]) == pytest.approx(sd, abs=1e-6)
+        minutes = mean_sd([s / 60 for s in TRAIN_SECONDS[model]])
+        assert float(rows[model]["train_minutes_mean"]) == pytest.approx(minutes[0], abs=1e-6)
+        assert float(rows[model]["train_minutes_sd"]) == pytest.approx(minutes[1], abs=1e-6)
+        assert float(rows[model]["fps_mean"]) == pytest.approx(np.mean([f[7] for f in NUMBERS[model]]), abs=1e-6)
+        assert rows[model]["dice_fold_1"] == f"{NUMBERS[model][1][0]:.6f}"
+    # HD95 undefined in one fold of the baseline: the mean of the other, no sd
+    assert float(rows["per_frame_unet_small"]["hd95_mean"]) == pytest.approx(4.0)
+    assert rows["per_frame_unet_small"]["hd95_n"] == "1" and rows["per_frame_unet_small"]["hd95_sd"] == "nan"
+    assert float(rows["vivim_tiny"]["stability_gap_mean"]) == pytest.approx(0.02)
+    assert rows["per_frame_unet_small"]["pred_inconsistent_fraction_n"] == "0"
+    text = report.read_text()
+    assert "| vivim_tiny | " in text and "0.850 ± 0.071" in text and "0.775 ± 0.035" in text
+    assert "12.5 ± 3.5" in text and "6.0 ± 1.4" in text, "training minutes per fold"
+    assert "4.000 (1/2 folds)" in text and "HD95 (mm)" in text
+    unet_row = next(line for line in text.splitlines() if line.startswith("| per_frame_unet_small | "))
+    assert unet_row.count("n/a") == 2 and "per_frame_unet_small: frame_order unknown" in text, "temporal skipped"
+    assert "| vivim_tiny | 0.800 / 0.700 | 0.900 / 0.820 |" in text, "per-fold table"
+
+
+def test_paired_differences_and_winner(report):
+    rows = read_rows(report)
+    differences = [a[0] - b[0] for a, b in zip(NUMBERS["vivim_tiny"], NUMBERS["per_frame_unet_small"])]
+    mean, sd = mean_sd(differences)
+    assert float(rows["per_frame_unet_small"]["paired_dice_diff_mean"]) == pytest.approx(mean, abs=1e-6)
+    assert float(rows["per_frame_unet_small"]["paired_dice_diff_sd"]) == pytest.approx(sd, abs=1e-6)
+    assert rows["vivim_tiny"]["paired_dice_diff_n"] == "0"
+    text = report.read_text()
+    assert f"| vivim_tiny − per_frame_unet_small | {mean:+.3f} ± {sd:.3f} | +0.110 ± 0.014 | 2/2 |" in text
+    assert "**vivim_tiny** beats the runner-up per_frame_unet_small: 0.850 ± 0.071 vs 0.775 ± 0.035" in text
+    assert f"difference of means of {0.85 - 0.775:+.3f}" in text
+
+
+def test_winner_sentence_names_the_best_model():
+    def stats(name: str, dice: dict[int, float]) -> ModelStats:
+        empty = FoldStat()
+        return ModelStats(name, sorted(dice), None, {"dice": FoldStat(dice)}, "mm", "", empty, empty)
+
+    sentence = winner_sentence([stats("vivim", {0: 0.6, 1: 0.7}), stats("unet", {0: 0.8, 1: 0.7})])
+    assert sentence.startswith("On foreground Dice") and "**unet** beats the runner-up vivim" in sentence
+    assert "+0.100" in sentence and "unet better in 1/2 shared folds" in sentence
+    assert paired_difference(FoldStat({0: 0.5, 2: 0.9}), FoldStat({0: 0.2, 1: 0.1})).values == {0: pytest.approx(0.3)}
+    assert "No model" in winner_sentence([stats("a", {})])
+
+
+def test_parameter_counts_equal_the_built_networks(report, phantom):
+    rows = read_rows(report)
+    counts = {}
+    for model in MODELS:
+        parser = ConfigParser()
+        parser.read_config(
+            [
+                str(REPO_ROOT / "bundle/configs/train.json"),
+                str(phantom[1]),
+                str(REPO_ROOT / "configs" / f"{model}.json"),
+            ]
+        )
+        for key, value in OVERRIDES.items():
+            parser[key] = value
+        counts[model] = sum(p.numel() for p in parser.get_parsed_content("network_def").parameters())
+        assert int(rows[model]["parameters"]) == counts[model]
+        assert f"| {model} | {counts[model] / 1e6:.3f} |" in report.read_text()
+    assert counts["vivim_tiny"] != counts["per_frame_unet_small"]
+
+
+def test_training_curves_png(report):
+    image = Image.open(report.parent / "training_curves.png").convert("RGB")
+    assert image.width >= 800 and image.height >= 300
+    panels = np.asarray(image)[: image.height - 60]  # above the legend
+    colours = {tuple(c) for c in panels.reshape(-1, 3)}
+    assert PALETTE[0] in colours and PALETTE[1] in colours, "a bold line per model in the panels"
+    assert "![training curves](training_curves.png)" in report.read_text()
+
+
+def test_fold_curves_per_epoch(report):
+    curves = fold_curves(report.parents[1] / "vivim_tiny" / "fold_1")
+    assert curves.val_dice == [(e, pytest.approx(v)) for e, v in enumerate(VAL_DICE[1], start=1)]
+    expected = [np.mean(LOSSES[1][i : i + 2]) for i in (0, 2, 4)]
+    assert curves.train_loss == [(e, pytest.approx(v)) for e, v in enumerate(expected, start=1)]
+    loss = [(step, 0.0, float(step)) for step in range(1, 7)]
+    assert loss_per_epoch(loss, [], epochs=3) == [(1, 1.5), (2, 3.5), (3, 5.5)], "no validation: configured epochs"
+    assert loss_per_epoch(loss, []) == [] and loss_per_epoch(loss, [], epochs=4) == [], "epochs unknown"
+
+
+def test_examples_png_with_a_missing_checkpoint(report):
+    image = Image.open(report.parent / "examples.png")
+    assert image.width >= 4 * 256 and image.height >= 200, "input, ground truth and a tile per model"
+    text = report.read_text()
+    assert "![examples](examples.png)" in text
+    assert "per_frame_unet_small: skipped, no checkpoint" in text
+    assert "vivim_tiny: skipped" not in text
+
+
+def test_predict_case_is_the_evaluation_pipeline(report):
+    output = report.parents[1]
+    run = load_run(output / "vivim_tiny", "vivim_tiny")
+    entry = load_datalist(output / "datalist_folds.json", fold=0, split="val")[0]
+    pred = predict_case(run, output / "datalist_folds.json", entry, fold=0)
+    assert pred.shape == (192, 256, 6), "original frame geometry, every frame"
+    assert set(np.unique(pred).tolist()) <= {0, 1}
+
+
+def test_examples_false_and_missing_models(tmp_path, phantom):
+    output = build_output(tmp_path, phantom, checkpoint=False)
+    report = write_comparison(output, [*MODELS, "ghost"], dataset_config=phantom[1], examples=False)
+    assert report == output / "report" / "comparison.md"
+    assert not (output / "report" / "examples.png").exists()
+    text = report.read_text()
+    assert "Example predictions" not in text
+    assert "ghost: no evaluated fold" in text and "ghost: parameters not counted" in text
+    rows = read_rows(report)
+    assert rows["ghost"]["dice_mean"] == "nan" and rows["ghost"]["parameters"] == "nan"
+    assert float(rows["vivim_tiny"]["dice_mean"]) == pytest.approx(0.85)
+    assert (output / "report" / "training_curves.png").is_file()
+
+
+def test_examples_skip_every_model_without_checkpoint(tmp_path, phantom):
+    output = build_output(tmp_path, phantom, checkpoint=False)
+    text = write_comparison(output, list(MODELS), dataset_config=phantom[1]).read_text()
+    for model in MODELS:
+        assert f"{model}: skipped, no checkpoint" in text
+    assert Image.open(output / "report" / "examples.png").width >= 4 * 256
