@@ -21,13 +21,20 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 from PIL import Image, UnidentifiedImageError
 
-from vivim_monai.data.dicom import DEFAULT_FRAME_TIME_MS, CineReadError, has_dicom_preamble, read_dicom_cine
+from vivim_monai.data.dicom import (
+    DEFAULT_FRAME_TIME_MS,
+    MAX_DECODED_BYTES,
+    CineReadError,
+    has_dicom_preamble,
+    read_dicom_cine,
+)
 
 __all__ = ["FRAME_SUFFIXES", "VOLUME_SUFFIXES", "frame_files", "load_cine", "natural_key", "read_frame_image"]
 
@@ -49,13 +56,47 @@ def _base_meta(path: str) -> dict[str, Any]:
     }
 
 
-def _load_volume(path: str) -> MetaTensor:
+def _sitk_reason(err: RuntimeError) -> str:
+    """The ITK message without SimpleITK's source-location line."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return " ".join(line for line in lines if not line.startswith("Exception thrown in SimpleITK")) or str(err)
+
+
+def _check_nifti(path: str) -> None:
+    """NIfTI checks ITK cannot make: it reads a zero-length axis as length 1 and NaN/Inf voxels as 0."""
     try:
-        image = sitk.ReadImage(path)
+        image = nib.load(path)
+        scaled = image.dataobj.slope != 1 or image.dataobj.inter != 0
+        finite = not (np.issubdtype(image.get_data_dtype(), np.floating) or scaled) or np.isfinite(image.dataobj).all()
+    except Exception as err:  # nibabel raises assorted types for corrupt or truncated files
+        raise CineReadError(f"{path}: cannot read NIfTI ({type(err).__name__}: {err})") from err
+    if 0 in image.shape:
+        raise CineReadError(f"{path}: volume of shape {image.shape} has an empty axis")
+    if not finite:
+        raise CineReadError(f"{path}: volume contains NaN or infinite values")
+
+
+def _load_volume(path: str) -> MetaTensor:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+        size = tuple(reader.GetSize())
+        bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+        nbytes = int(np.prod(size)) * reader.GetNumberOfComponents() * (int(bits.group(1)) // 8 if bits else 8)
+        if 0 in size or nbytes > MAX_DECODED_BYTES:
+            raise CineReadError(
+                f"{path}: volume header states size {size} x {reader.GetNumberOfComponents()} components "
+                f"({nbytes / 2**30:.1f} GiB); an empty axis or over MAX_DECODED_BYTES means a corrupt header"
+            )
+        if reader.GetDimension() not in (2, 3):
+            raise CineReadError(f"{path}: expected a 2-D+t volume (3 index axes), found {reader.GetDimension()} axes")
+        if path.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti(path)
+        image = reader.Execute()
     except RuntimeError as err:
-        raise CineReadError(f"{path}: cannot read volume ({str(err).strip().splitlines()[-1]})") from err
-    if image.GetDimension() not in (2, 3):
-        raise CineReadError(f"{path}: expected a 2-D+t volume (3 index axes), found {image.GetDimension()} axes")
+        reason = _sitk_reason(err)
+        raise CineReadError(f"{path}: cannot read volume ({reason}); corrupt, truncated or not a volume") from err
     array = sitk.GetArrayFromImage(image)  # (k, j, i[, C])
     channels = image.GetNumberOfComponentsPerPixel()
     if channels == 1:
@@ -82,7 +123,7 @@ def read_frame_image(path: Path) -> np.ndarray:
             if frame.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr"):
                 frame = frame.convert("RGB" if frame.mode != "LA" else "L")
             array = np.asarray(frame)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         raise CineReadError(f"{path}: unreadable frame image ({err})") from err
     return array[..., None] if array.ndim == 2 else array
 
@@ -92,9 +133,10 @@ def _load_frame_files(files: Sequence[Path], name: str) -> MetaTensor:
     frames = [read_frame_image(files[0])]
     for path in files[1:]:
         frame = read_frame_image(path)
-        if frame.shape != frames[0].shape:
+        if frame.shape != frames[0].shape or frame.dtype != frames[0].dtype:  # e.g. a 16-bit frame among 8-bit
             raise CineReadError(
-                f"{path}: frame of shape {frame.shape} differs from the first frame {files[0].name} {frames[0].shape}"
+                f"{path}: frame of shape {frame.shape} {frame.dtype} differs from the first frame {files[0].name} "
+                f"{frames[0].shape} {frames[0].dtype}"
             )
         frames.append(frame)
     array = np.stack(frames, axis=-1).transpose(2, 0, 1, 3)  # (C, H, W, T)

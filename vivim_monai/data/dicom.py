@@ -15,18 +15,22 @@ series / SOP instance UIDs.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from io import BytesIO
+from typing import Any
 
 import numpy as np
 import pydicom
 import torch
 from monai.data import ImageReader, MetaTensor
 from monai.utils import MetaKeys, SpaceKeys
+from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.pixels import apply_color_lut
 from pydicom.uid import MPEGTransferSyntaxes
 
 __all__ = [
     "DEFAULT_FRAME_TIME_MS",
+    "MAX_DECODED_BYTES",
     "CineReadError",
     "DicomCineReader",
     "dicom_cine_array",
@@ -36,6 +40,12 @@ __all__ = [
 
 #: Frame interval used when a file states none (30 frames/s, the common cine rate); recorded as "default".
 DEFAULT_FRAME_TIME_MS = 1000.0 / 30.0
+#: Largest decoded cine accepted (stored samples): a header claiming more is taken as corrupt rather than allocated.
+MAX_DECODED_BYTES = 4 << 30
+_PHOTOMETRIC = {
+    1: {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"},
+    3: {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "YBR_PARTIAL_422"},
+}
 _CM_UNITS = 3  # PhysicalUnitsX/YDirection code for cm
 _REGION_FIELDS = {
     "RegionSpatialFormat": "spatial_format",
@@ -55,23 +65,45 @@ class CineReadError(ValueError):
     """A cine could not be read; the message names the file and the reason."""
 
 
+def _number(value: Any) -> float | None:
+    """``value`` as a positive finite float, else None (malformed optional metadata is ignored, not trusted)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) and number > 0 else None
+
+
+def _optional(item: pydicom.Dataset, keyword: str) -> Any:
+    """``item.keyword`` or None, also when the element cannot be decoded (e.g. a float of the wrong length)."""
+    try:
+        return item.get(keyword)
+    except Exception:  # pydicom raises assorted types for undecodable raw elements
+        return None
+
+
 def _frame_time_ms(ds: pydicom.Dataset) -> tuple[float, str]:
-    """Frame interval in ms and where it came from."""
-    if ds.get("FrameTime") not in (None, ""):
-        return float(ds.FrameTime), "FrameTime"
-    if ds.get("FrameTimeVector"):
-        vector = np.asarray(ds.FrameTimeVector, dtype=float)[1:]  # the first entry is 0 by definition
-        if vector.size and np.all(vector > 0):
-            return float(vector.mean()), "FrameTimeVector"
-    if ds.get("CineRate"):
-        return 1000.0 / float(ds.CineRate), "CineRate"
+    """Frame interval in ms and where it came from; unusable values fall through to the next source."""
+    frame_time = _number(_optional(ds, "FrameTime"))
+    if frame_time is not None:
+        return frame_time, "FrameTime"
+    vector = _optional(ds, "FrameTimeVector")
+    if isinstance(vector, Sequence) and len(vector) > 1:
+        steps = [_number(step) for step in vector[1:]]  # the first entry is 0 by definition
+        if all(step is not None for step in steps):
+            return float(np.mean(steps)), "FrameTimeVector"
+    rate = _number(_optional(ds, "CineRate"))
+    if rate is not None:
+        return 1000.0 / rate, "CineRate"
     return DEFAULT_FRAME_TIME_MS, "default"
 
 
 def _regions(ds: pydicom.Dataset) -> list[dict[str, Any]]:
+    """The ultrasound regions with their finite numeric fields (undecodable or non-finite ones left out)."""
     regions = []
-    for item in ds.get("SequenceOfUltrasoundRegions", []) or []:
-        regions.append({name: item.get(tag) for tag, name in _REGION_FIELDS.items() if item.get(tag) is not None})
+    for item in _optional(ds, "SequenceOfUltrasoundRegions") or []:
+        fields = {name: _optional(item, tag) for tag, name in _REGION_FIELDS.items()}
+        regions.append({name: v for name, v in fields.items() if isinstance(v, (int, float)) and np.isfinite(v)})
     return regions
 
 
@@ -79,33 +111,93 @@ def _pixel_spacing_mm(ds: pydicom.Dataset, regions: list[dict[str, Any]]) -> tup
     """(row, column) spacing in mm and its source; the first 2-D region measured in cm wins."""
     for region in regions:
         if region.get("spatial_format") == 1 and region.get("units_x") == region.get("units_y") == _CM_UNITS:
-            return (abs(float(region["dy"])) * 10.0, abs(float(region["dx"])) * 10.0), "SequenceOfUltrasoundRegions"
+            dy, dx = _number(abs(region.get("dy", 0))), _number(abs(region.get("dx", 0)))
+            if dy is not None and dx is not None:
+                return (dy * 10.0, dx * 10.0), "SequenceOfUltrasoundRegions"
     for tag in ("PixelSpacing", "ImagerPixelSpacing"):
-        if ds.get(tag):
-            return (float(ds[tag].value[0]), float(ds[tag].value[1])), tag
+        value = _optional(ds, tag)
+        spacing = [_number(v) for v in value] if isinstance(value, Sequence) and len(value) == 2 else [None]
+        if None not in spacing:
+            return (spacing[0], spacing[1]), tag
     return None, "unknown"
+
+
+def _integer(ds: pydicom.Dataset, keyword: str, path: str, default: int | None = None) -> int:
+    """``ds.keyword`` as an int; a missing (without ``default``) or malformed element raises CineReadError."""
+    try:
+        value = ds.get(keyword)
+        if value in (None, "") and default is not None:
+            return default
+        return int(value)
+    except Exception as err:  # missing, non-numeric, or undecodable raw bytes
+        shown = f"{ds.get_item(keyword).value!r}" if keyword in ds else "missing"
+        raise CineReadError(f"{path}: {keyword} is {shown}, not an integer; the image header is corrupt") from err
+
+
+def _check_image_module(ds: pydicom.Dataset, path: str, frames: int) -> None:
+    """Validate the image pixel tags the decoder relies on, and bound the decoded size before decoding."""
+    rows, columns = _integer(ds, "Rows", path), _integer(ds, "Columns", path)
+    samples, bits = _integer(ds, "SamplesPerPixel", path, 1), _integer(ds, "BitsAllocated", path)
+    if rows < 1 or columns < 1:
+        raise CineReadError(f"{path}: zero-size frames (Rows={rows}, Columns={columns})")
+    photometric = str(_optional(ds, "PhotometricInterpretation") or "").strip().upper()
+    allowed = _PHOTOMETRIC.get(samples)
+    if allowed is None:
+        raise CineReadError(f"{path}: SamplesPerPixel={samples}; a cine has 1 (grey or palette) or 3 (colour)")
+    if photometric not in allowed:
+        raise CineReadError(
+            f"{path}: PhotometricInterpretation {photometric or 'missing'!r} does not fit SamplesPerPixel={samples} "
+            f"(expected one of {sorted(allowed)})"
+        )
+    if bits not in (1, 8, 16, 32, 64):
+        raise CineReadError(f"{path}: BitsAllocated={bits}; expected 1, 8, 16, 32 or 64")
+    size = frames * rows * columns * samples * bits // 8
+    if size > MAX_DECODED_BYTES:
+        raise CineReadError(
+            f"{path}: {frames} frames of {rows}x{columns}x{samples} at {bits} bits would decode to "
+            f"{size / 2**30:.1f} GiB, over MAX_DECODED_BYTES ({MAX_DECODED_BYTES / 2**30:.0f} GiB); "
+            f"NumberOfFrames, Rows or Columns is probably wrong"
+        )
+
+
+def _count_fragments(data: bytes, path: str) -> int:
+    """Number of fragments of encapsulated pixel data (each frame has at least one)."""
+    try:
+        buffer = BytesIO(data)
+        parse_basic_offsets(buffer)
+        return parse_fragments(buffer)[0]
+    except Exception as err:  # not encapsulated at all, or broken item headers
+        raise CineReadError(f"{path}: malformed encapsulated pixel data ({type(err).__name__}: {err})") from err
 
 
 def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode ``ds`` to an array ``(C, H, W, T)`` in the stored dtype, and its metadata; ``path`` names the file.
 
     The array is a channel-first *view* of pydicom's frame-major buffer (no copy), so reading costs what decoding
-    costs; cast when needed (``LoadCined`` and MONAI's ``LoadImage`` cast to float32).
+    costs; cast when needed (``LoadCined`` and MONAI's ``LoadImage`` cast to float32). The image tags are checked
+    before decoding, so a corrupt header raises :class:`CineReadError` instead of a huge allocation or garbage.
     """
     if "PixelData" not in ds:
         raise CineReadError(f"{path}: DICOM file has no pixel data (PixelData element missing); not an image?")
-    stated = ds.get("NumberOfFrames")
-    frames = int(stated) if stated not in (None, "") else 1
+    frames = _integer(ds, "NumberOfFrames", path, default=1)
     if frames < 1 or not ds.get("PixelData"):
         raise CineReadError(
-            f"{path}: NumberOfFrames is {stated} with {len(ds.PixelData or b'')} bytes of pixel data; "
+            f"{path}: NumberOfFrames is {frames} with {len(ds.PixelData or b'')} bytes of pixel data; "
             f"a cine needs at least one frame"
         )
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is not None and not syntax.is_transfer_syntax:
+        raise CineReadError(f"{path}: {syntax!r} is not a known transfer syntax UID; the file meta is corrupt")
     if syntax in MPEGTransferSyntaxes:
         raise CineReadError(
             f"{path}: encapsulated video ({syntax.name}) has no pydicom decoder; decode the stream to a frame folder "
             f"(e.g. ffmpeg) or re-export the cine with JPEG or uncompressed frames"
+        )
+    _check_image_module(ds, path, frames)
+    if syntax is not None and syntax.is_encapsulated and _count_fragments(ds.PixelData, path) < frames:
+        raise CineReadError(
+            f"{path}: NumberOfFrames={frames} but the encapsulated pixel data holds fewer fragments; "
+            f"NumberOfFrames is wrong or the file is truncated"
         )
     try:
         pixels = ds.pixel_array
@@ -115,9 +207,12 @@ def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[s
             f"{path}: cannot decode pixel data ({name}): {type(err).__name__}: {err}. Compressed syntaxes need the "
             f"pylibjpeg / pyjpegls decoders of requirements.txt; a truncated or corrupt file must be re-exported"
         ) from err
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
     if photometric == "PALETTE COLOR":
-        pixels = apply_color_lut(pixels, ds)
+        try:
+            pixels = apply_color_lut(pixels, ds)
+        except Exception as err:  # missing or inconsistent lookup-table tags
+            raise CineReadError(f"{path}: PALETTE COLOR without a usable lookup table ({err})") from err
         if pixels.dtype == np.uint16:  # 16-bit lookup-table entries -> their high byte, the 0..255 of other cines
             pixels = (pixels >> 8).astype(np.uint8)
     samples = pixels.shape[-1] if pixels.ndim == (4 if frames > 1 else 3) else 1
@@ -142,12 +237,12 @@ def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[s
         "ultrasound_regions": regions,
         "number_of_frames": frames,
         "photometric_interpretation": photometric,
-        "sop_class_uid": str(ds.get("SOPClassUID", "")),
-        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
-        "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
-        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
-        "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")),
-        "modality": str(ds.get("Modality", "")),
+        "sop_class_uid": str(_optional(ds, "SOPClassUID") or ""),
+        "sop_instance_uid": str(_optional(ds, "SOPInstanceUID") or ""),
+        "study_instance_uid": str(_optional(ds, "StudyInstanceUID") or ""),
+        "series_instance_uid": str(_optional(ds, "SeriesInstanceUID") or ""),
+        "frame_of_reference_uid": str(_optional(ds, "FrameOfReferenceUID") or ""),
+        "modality": str(_optional(ds, "Modality") or ""),
     }
     if spacing is not None:  # left out when unknown: MONAI's collate cannot batch None
         meta["pixel_spacing_mm"] = spacing
