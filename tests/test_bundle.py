@@ -131,7 +131,7 @@ def test_training_resumes_from_the_last_state(bundle_run):
     root = bundle_run["root"]
     common = {"bundle_root": str(root), "dataset_dir": str(root / "data"), "spatial_size": [64, 64]}
     state = root / "models" / "checkpoint_epoch=2.pt"
-    assert set(torch.load(state, weights_only=True)) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert set(torch.load(state, weights_only=True)) == {"model", "optimizer", "lr_scheduler", "trainer", "rng"}
     resumed = _workflow(
         "train",
         ["train.json"],
@@ -221,7 +221,7 @@ def test_dataset_overlay_on_frame_folders_of_different_lengths(tmp_path):
     datalist = _frame_folder_dataset(tmp_path / "data")
     files = ["train.json", str(REPO_ROOT / "configs" / "carotid.json"), str(REPO_ROOT / "configs" / "vivim_tiny.json")]
     common = {"bundle_root": str(tmp_path), "datalist": str(datalist), "fold": 0, "spatial_size": [64, 64]}
-    train = _workflow("train", files, epochs=1, batch_size=2, **common)  # clips of different cases in one batch
+    train = _workflow("train", files, epochs=1, val_interval=1, batch_size=2, **common)  # clips of 2 cases per batch
     train.initialize()
     train.run()
     train.finalize()
