@@ -23,3 +23,21 @@ def shared_dir(name: str) -> Path:
 
 def manifest(name: str) -> dict:
     return json.loads((shared_dir(name) / "manifest.json").read_text())
+
+
+BUNDLE_CONFIGS = REPO_ROOT / "bundle" / "configs"
+BUNDLE_META, BUNDLE_LOGGING = str(BUNDLE_CONFIGS / "metadata.json"), str(BUNDLE_CONFIGS / "logging.conf")
+
+
+def bundle_workflow(kind: str, files: list[str], **override):
+    """A ``ConfigWorkflow`` over ``bundle/configs/<files>`` (absolute paths kept), merged in order."""
+    from monai.bundle import ConfigWorkflow
+
+    config = [str(BUNDLE_CONFIGS / f) for f in files]
+    return ConfigWorkflow(
+        config_file=config if len(config) > 1 else config[0],
+        meta_file=BUNDLE_META,
+        logging_file=BUNDLE_LOGGING,
+        workflow_type=kind,
+        **override,
+    )

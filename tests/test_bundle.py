@@ -13,25 +13,14 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import REPO_ROOT, SHARED_SCHEMAS
+from conftest import BUNDLE_CONFIGS as CONFIGS
+from conftest import BUNDLE_LOGGING as LOGGING
+from conftest import BUNDLE_META as META
+from conftest import REPO_ROOT, SHARED_SCHEMAS, bundle_workflow
 from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
 
 from vivim_monai.data import load_cine
 from vivim_monai.demo import make_phantom_data
-
-CONFIGS = REPO_ROOT / "bundle" / "configs"
-META, LOGGING = str(CONFIGS / "metadata.json"), str(CONFIGS / "logging.conf")
-
-
-def _workflow(kind: str, files: list[str], **override) -> ConfigWorkflow:
-    config = [str(CONFIGS / f) for f in files]
-    return ConfigWorkflow(
-        config_file=config if len(config) > 1 else config[0],
-        meta_file=META,
-        logging_file=LOGGING,
-        workflow_type=kind,
-        **override,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +30,18 @@ def bundle_run(tmp_path_factory):
     make_phantom_data(root, cases=4, frames=8, folds=2)
     common = {"bundle_root": str(root), "dataset_dir": str(root / "data"), "spatial_size": [64, 64]}
     common["network_def#variant"] = "tiny"
-    train = _workflow("train", ["train.json"], fold=0, epochs=2, batch_size=2, max_numerosity=2, **common)
+    train = bundle_workflow("train", ["train.json"], fold=0, epochs=2, batch_size=2, max_numerosity=2, **common)
     train.initialize()
     assert not train.check_properties(), "every Model Zoo train property is present"
     train.run()
     train.finalize()
-    evaluate = _workflow("eval", ["train.json", "evaluate.json"], fold=0, output_dir=str(root / "eval"), **common)
+    evaluate = bundle_workflow("eval", ["train.json", "evaluate.json"], fold=0, output_dir=str(root / "eval"), **common)
     evaluate.initialize()
     evaluate.run()
     evaluate.finalize()
     sources = [str(root / "test" / "heldout.dcm"), str(pydicom.examples.get_path("ybr_color"))]
     before = {s: Path(s).read_bytes() for s in sources}
-    infer = _workflow("infer", ["inference.json"], input_files=sources, output_dir=str(root / "out"), **common)
+    infer = bundle_workflow("infer", ["inference.json"], input_files=sources, output_dir=str(root / "out"), **common)
     infer.initialize()
     assert not infer.check_properties(), "every Model Zoo inference property is present"
     infer.run()
@@ -132,7 +121,7 @@ def test_training_resumes_from_the_last_state(bundle_run):
     common = {"bundle_root": str(root), "dataset_dir": str(root / "data"), "spatial_size": [64, 64]}
     state = root / "models" / "checkpoint_epoch=2.pt"
     assert set(torch.load(state, weights_only=True)) == {"model", "optimizer", "lr_scheduler", "trainer", "rng"}
-    resumed = _workflow(
+    resumed = bundle_workflow(
         "train",
         ["train.json"],
         fold=0,
@@ -221,11 +210,13 @@ def test_dataset_overlay_on_frame_folders_of_different_lengths(tmp_path):
     datalist = _frame_folder_dataset(tmp_path / "data")
     files = ["train.json", str(REPO_ROOT / "configs" / "carotid.json"), str(REPO_ROOT / "configs" / "vivim_tiny.json")]
     common = {"bundle_root": str(tmp_path), "datalist": str(datalist), "fold": 0, "spatial_size": [64, 64]}
-    train = _workflow("train", files, epochs=1, val_interval=1, batch_size=2, **common)  # clips of 2 cases per batch
+    train = bundle_workflow(
+        "train", files, epochs=1, val_interval=1, batch_size=2, **common
+    )  # clips of 2 cases per batch
     train.initialize()
     train.run()
     train.finalize()
-    evaluate = _workflow("eval", [*files, "evaluate.json"], output_dir=str(tmp_path / "eval"), **common)
+    evaluate = bundle_workflow("eval", [*files, "evaluate.json"], output_dir=str(tmp_path / "eval"), **common)
     evaluate.initialize()
     evaluate.run()
     evaluate.finalize()
@@ -238,7 +229,7 @@ def test_ovarian_overlay_runs_on_the_phantom_stand_in(tmp_path):
     datalist = make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
     files = ["train.json", str(REPO_ROOT / "configs" / "ovarian.json"), str(REPO_ROOT / "configs" / "vivim_tiny.json")]
     common = {"bundle_root": str(tmp_path), "datalist": str(datalist), "fold": 1, "spatial_size": [64, 64]}
-    train = _workflow("train", files, epochs=1, batch_size=2, **common)
+    train = bundle_workflow("train", files, epochs=1, batch_size=2, **common)
     train.initialize()
     loss = train.parser.get_parsed_content("loss")
     assert list(loss.focal.alpha) == pytest.approx([0.05, 0.475, 0.475]) and train.parser["max_numerosity"] == 3

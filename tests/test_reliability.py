@@ -22,7 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, bundle_workflow
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from PIL import Image
@@ -35,8 +35,6 @@ from vivim_monai.io import read_dicom_seg_labels
 from vivim_monai.networks import PerFrameUNet, Vivim
 from vivim_monai.transforms import clip_augmentation
 
-CONFIGS = REPO_ROOT / "bundle" / "configs"
-META, LOGGING = str(CONFIGS / "metadata.json"), str(CONFIGS / "logging.conf")
 TINY = {"spatial_size": [64, 64], "network_def#variant": "tiny"}
 # 2 training cases x 2 clips of 3 frames, batches of 2: 2 iterations per epoch, validation on 2 cases every epoch
 TRAIN = {**TINY, "fold": 0, "epochs": 2, "batch_size": 2, "clip_length": 3, "max_numerosity": 2}
@@ -51,17 +49,6 @@ def phantom(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("reliability")
     make_phantom_data(root, cases=4, frames=6, folds=2)
     return root
-
-
-def _workflow(kind: str, files: list[str], **override: Any) -> ConfigWorkflow:
-    config = [str(CONFIGS / f) for f in files]
-    return ConfigWorkflow(
-        config_file=config if len(config) > 1 else config[0],
-        meta_file=META,
-        logging_file=LOGGING,
-        workflow_type=kind,
-        **override,
-    )
 
 
 def _run(workflow: ConfigWorkflow) -> ConfigWorkflow:
@@ -119,7 +106,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 def _train(bundle_root: Path, data: Path, stop_after_epoch: int | None = None, **override: Any) -> dict[str, Any]:
     """One training workflow (a new ConfigWorkflow: new network, transforms, and ``set_determinism`` again);
     ``stop_after_epoch`` ends it there, after that epoch's validation and state checkpoint (an interruption)."""
-    workflow = _workflow(
+    workflow = bundle_workflow(
         "train", ["train.json"], bundle_root=str(bundle_root), dataset_dir=str(data), **TRAIN, **override
     )
     workflow.initialize()
@@ -172,7 +159,7 @@ def test_resumed_training_reaches_the_weights_of_an_uninterrupted_run(phantom, t
 
 def test_resume_from_a_checkpoint_without_rng_state_or_from_a_model_file(phantom, tmp_path):
     common = {"bundle_root": str(tmp_path), "dataset_dir": str(phantom / "data"), **TRAIN}
-    source = _workflow("train", ["train.json"], **common)
+    source = bundle_workflow("train", ["train.json"], **common)
     source.initialize()
     trainer = source.parser.get_parsed_content("train#trainer")
     trainer.state.epoch, trainer.state.epoch_length, trainer.state.iteration = 2, 2, 4  # finished: nothing to train
@@ -187,14 +174,16 @@ def test_resume_from_a_checkpoint_without_rng_state_or_from_a_model_file(phantom
     handler.emit = lambda record: warnings.append(record.getMessage())  # the bundle's logging.conf resets root's
     logging.getLogger("vivim_monai.handlers.resume").addHandler(handler)
     try:
-        resumed = _run(_workflow("train", ["train.json"], **common, resume_checkpoint=str(tmp_path / "before_rng.pt")))
+        resumed = _run(
+            bundle_workflow("train", ["train.json"], **common, resume_checkpoint=str(tmp_path / "before_rng.pt"))
+        )
     finally:
         logging.getLogger("vivim_monai.handlers.resume").removeHandler(handler)
     assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
     assert any("has no rng state (saved by an older version)" in w for w in warnings), warnings
 
     with pytest.raises(RuntimeError) as caught:
-        _run(_workflow("train", ["train.json"], **common, resume_checkpoint=str(tmp_path / "model.pt")))
+        _run(bundle_workflow("train", ["train.json"], **common, resume_checkpoint=str(tmp_path / "model.pt")))
     message = str(_cause(caught.value, ValueError))
     assert message.startswith(f"{tmp_path / 'model.pt'}: not a training state checkpoint: it has ['model']")
 
@@ -451,7 +440,7 @@ def _cause(err: BaseException, kind: type) -> Any:
 
 def _inference(bundle_root: Path, inputs: list[Path], **override: Any) -> ConfigWorkflow:
     overrides = {**TINY, "bundle_root": str(bundle_root), "input_files": [str(p) for p in inputs], **override}
-    return _workflow("infer", ["inference.json"], **overrides)
+    return bundle_workflow("infer", ["inference.json"], **overrides)
 
 
 @pytest.mark.parametrize("how", ["read_only_folder", "folder_under_a_file", "checkpoint_folder_under_a_file"])
@@ -468,7 +457,7 @@ def test_unwritable_output_folder_fails_clearly(phantom, tmp_path, how):
     try:
         if how == "checkpoint_folder_under_a_file":
             common = {"bundle_root": str(tmp_path), "dataset_dir": str(phantom / "data"), "ckpt_dir": str(out)}
-            workflow = _workflow("train", ["train.json"], **common, **TRAIN)
+            workflow = bundle_workflow("train", ["train.json"], **common, **TRAIN)
         else:
             workflow = _inference(tmp_path, [phantom / "data" / "phantom000.dcm"], output_dir=str(out))
         with pytest.raises(Exception) as caught:
@@ -580,7 +569,7 @@ def test_checkpoint_of_another_model_fails_clearly(phantom, tmp_path, workflow, 
     torch.save({"model": Vivim(in_channels=3, **saved).state_dict()}, checkpoint)
     if workflow == "evaluate":
         common = {"bundle_root": str(tmp_path), "dataset_dir": str(phantom / "data"), "output_dir": str(tmp_path / "e")}
-        configured = _workflow("eval", ["train.json", "evaluate.json"], **common, **TRAIN)
+        configured = bundle_workflow("eval", ["train.json", "evaluate.json"], **common, **TRAIN)
     else:
         configured = _inference(tmp_path, [phantom / "data" / "phantom000.dcm"], output_dir=str(tmp_path / "out"))
     with pytest.raises(RuntimeError) as caught:
@@ -618,7 +607,7 @@ def test_impossible_config_values_fail_clearly(phantom, tmp_path, config, overri
     common = {"bundle_root": str(tmp_path), "dataset_dir": str(phantom / "data"), "output_dir": str(tmp_path / "o")}
     settings = {**TRAIN, **override} if config == "train.json" else {**TINY, **override}
     with pytest.raises(Exception) as caught:
-        _run(_workflow("train" if config == "train.json" else "infer", [config], **common, **settings))
+        _run(bundle_workflow("train" if config == "train.json" else "infer", [config], **common, **settings))
     assert any(expected in message for message in _messages(caught.value)), _messages(caught.value)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.nii.gz")), "nothing was written"
 
@@ -630,15 +619,15 @@ def test_train_evaluate_and_infer_never_modify_their_inputs(phantom, tmp_path):
     before = _hashes(phantom / "data", phantom / "test")
     common = {"bundle_root": str(tmp_path), "dataset_dir": str(phantom / "data")}
     # all 4 cases, no validation; the last weights are saved as model.pt
-    _run(_workflow("train", ["train.json"], **common, **{**TRAIN, "fold": -1, "epochs": 1, "max_numerosity": 1}))
+    _run(bundle_workflow("train", ["train.json"], **common, **{**TRAIN, "fold": -1, "epochs": 1, "max_numerosity": 1}))
     report = {"validate#handlers#3#include_hd95": False, "validate#handlers#3#plot": False}  # the slow parts
     _run(
-        _workflow(
+        bundle_workflow(
             "eval", ["train.json", "evaluate.json"], **common, **TRAIN, output_dir=str(tmp_path / "eval"), **report
         )
     )
     assert (tmp_path / "eval" / "metrics_summary.json").is_file()
-    infer = _run(_workflow("infer", ["inference.json"], **common, **TINY, output_dir=str(tmp_path / "out")))
+    infer = _run(bundle_workflow("infer", ["inference.json"], **common, **TINY, output_dir=str(tmp_path / "out")))
     assert len(infer.parser.get_parsed_content("input_files")) == 4, "the data folder's DICOMs"
     assert len(list((tmp_path / "out").rglob("*_seg.nii.gz"))) == 4
     after = _hashes(phantom / "data", phantom / "test")
