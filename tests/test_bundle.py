@@ -236,3 +236,25 @@ def test_ovarian_overlay_runs_on_the_phantom_stand_in(tmp_path):
     train.run()
     train.finalize()
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_multi_gpu_evaluation_on_cpu_with_gloo(tmp_path):
+    make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
+    common = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data"), "spatial_size": [64, 64]}
+    train = bundle_workflow(
+        "train", ["train.json"], epochs=1, max_numerosity=1, **{"network_def#variant": "tiny"}, **common
+    )
+    train.initialize()
+    train.run()
+    train.finalize()
+    configs = json.dumps([str(CONFIGS / f) for f in ("train.json", "evaluate.json", "multi_gpu_evaluate.json")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
+    command += ["-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", META, "--logging_file", LOGGING]
+    command += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--spatial_size", "[64,64]"]
+    command += ["--network_def#variant", "tiny", "--output_dir", str(tmp_path / "eval_ddp")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "eval_ddp" / "metrics_summary.json").read_text())
+    assert summary["num_cases"] == 2 and summary["num_frames"] == 12, "both ranks' cases gathered, each counted once"
