@@ -24,10 +24,8 @@ from pathlib import Path
 from pydicom import examples
 
 from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command, run_bundle
-from vivim_monai.data import assign_folds, discover_cases, write_datalist, write_phantom_case
+from vivim_monai.data import PHANTOM_CLASSES, assign_folds, discover_cases, write_datalist, write_phantom_case
 from vivim_monai.networks import VIVIM_VARIANTS
-
-PHANTOM_CLASSES = ("background", "solid", "non-solid")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,7 +22,9 @@ from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage
 
 from vivim_monai.io.atomic import atomic_write
 
-__all__ = ["Phantom", "make_phantom", "write_phantom_case"]
+__all__ = ["PHANTOM_CLASSES", "Phantom", "make_phantom", "write_phantom_case"]
+
+PHANTOM_CLASSES = ("background", "solid", "non-solid")  # label values 0, 1, 2 of the written cases
 
 
 @dataclass
