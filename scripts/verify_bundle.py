@@ -168,8 +168,10 @@ def make_venv(venv: Path, meta: dict) -> Path:
         return python
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet"]
-    subprocess.run(pip + [requirements(meta)[0]], check=True)  # torch first: the local CPU wheel where there is one
-    subprocess.run(pip + requirements(meta)[1:], check=True)
+    for batch in (requirements(meta)[:1], requirements(meta)[1:]):  # torch first: the local CPU wheel if there is one
+        done = subprocess.run(pip + batch, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{venv}: installing {' '.join(batch)} failed:\n{done.stderr[-3000:]}")
     stamp.write_text(pins)
     return python
 
@@ -181,7 +183,9 @@ def _run(python: Path, args: list[str], cwd: Path, env: dict, timeout: float) ->
 
 
 def _tail(done: subprocess.CompletedProcess, lines: int = 6) -> str:
-    return " | ".join((done.stdout + done.stderr).strip().splitlines()[-lines:])
+    """The last output lines, warnings left out."""
+    text = [line for line in (done.stdout + done.stderr).strip().splitlines() if "warn" not in line.lower()]
+    return " | ".join(text[-lines:])
 
 
 def runtime_checks(bundle: Path, python: Path, schema: Path | None, checks: Checks, timeout: float = 1800) -> None:
@@ -197,7 +201,8 @@ def runtime_checks(bundle: Path, python: Path, schema: Path | None, checks: Chec
         probe = _run(
             python, ["-c", "import importlib.util as u; print(u.find_spec('vivim_monai') is None)"], copy, env, 60
         )
-        checks.record("clean environment", probe.stdout.strip() == "True", f"vivim_monai importable: {probe.stdout!r}")
+        clean = probe.stdout.strip() == "True"
+        checks.record("clean environment", clean, "vivim_monai not importable" if clean else _tail(probe))
 
         if schema is None or not schema.is_file():
             checks.record("verify_metadata", False, f"no local schema file {schema} (the check must run offline)")
