@@ -24,9 +24,16 @@ import pydicom
 import torch
 from monai.data import ImageReader, MetaTensor
 from monai.utils import MetaKeys, SpaceKeys
-from pydicom.encaps import parse_basic_offsets, parse_fragments
-from pydicom.pixels import apply_color_lut
-from pydicom.uid import MPEGTransferSyntaxes
+
+try:  # pydicom 3
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
+    from pydicom.pixels import apply_color_lut
+except ImportError:  # pydicom 2.4, e.g. next to MONAI Label 0.8.5 (which needs pydicom<3)
+    from pydicom.encaps import get_frame_offsets, get_nr_fragments
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.pixel_data_handlers.util import apply_color_lut, convert_color_space
+
+    parse_basic_offsets = parse_fragments = None
 
 __all__ = [
     "DEFAULT_FRAME_TIME_MS",
@@ -47,6 +54,11 @@ _PHOTOMETRIC = {
     3: {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "YBR_PARTIAL_422"},
 }
 _CM_UNITS = 3  # PhysicalUnitsX/YDirection code for cm
+#: Encapsulated video transfer syntaxes (MPEG-2, MPEG-4 AVC/H.264, HEVC/H.265, with their fragmentable variants): the
+#: members of pydicom 3's ``MPEGTransferSyntaxes``, listed here because pydicom 2.4's set lacks the ``.1`` variants.
+_MPEG_TRANSFER_SYNTAXES = frozenset(
+    [f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)] + [f"1.2.840.10008.1.2.4.{n}.1" for n in range(100, 107)]
+)
 _REGION_FIELDS = {
     "RegionSpatialFormat": "spatial_format",
     "RegionDataType": "data_type",
@@ -163,11 +175,24 @@ def _check_image_module(ds: pydicom.Dataset, path: str, frames: int) -> None:
 def _count_fragments(data: bytes, path: str) -> int:
     """Number of fragments of encapsulated pixel data (each frame has at least one)."""
     try:
+        if parse_fragments is None:  # pydicom 2.4
+            buffer = DicomBytesIO(data)
+            buffer.is_little_endian = True
+            get_frame_offsets(buffer)
+            return get_nr_fragments(buffer)
         buffer = BytesIO(data)
         parse_basic_offsets(buffer)
         return parse_fragments(buffer)[0]
     except Exception as err:  # not encapsulated at all, or broken item headers
         raise CineReadError(f"{path}: malformed encapsulated pixel data ({type(err).__name__}: {err})") from err
+
+
+def _is_transfer_syntax(syntax: pydicom.uid.UID) -> bool:
+    """``syntax.is_transfer_syntax``; pydicom 2.4 raises ValueError for private UIDs, which pydicom 3 calls False."""
+    try:
+        return syntax.is_transfer_syntax
+    except ValueError:
+        return False
 
 
 def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -186,9 +211,9 @@ def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[s
             f"a cine needs at least one frame"
         )
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is not None and not syntax.is_transfer_syntax:
+    if syntax is not None and not _is_transfer_syntax(syntax):
         raise CineReadError(f"{path}: {syntax!r} is not a known transfer syntax UID; the file meta is corrupt")
-    if syntax in MPEGTransferSyntaxes:
+    if syntax in _MPEG_TRANSFER_SYNTAXES:
         raise CineReadError(
             f"{path}: encapsulated video ({syntax.name}) has no pydicom decoder; decode the stream to a frame folder "
             f"(e.g. ffmpeg) or re-export the cine with JPEG or uncompressed frames"
@@ -208,6 +233,11 @@ def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[s
             f"pylibjpeg / pyjpegls decoders of requirements.txt; a truncated or corrupt file must be re-exported"
         ) from err
     photometric = str(ds.PhotometricInterpretation).strip().upper()
+    if parse_fragments is None and photometric in ("YBR_FULL", "YBR_FULL_422"):
+        # pydicom 2.4 returns YBR_FULL(_422) pixels in YCbCr, native, RLE and JPEG alike (a handler that converts
+        # also sets the attribute to RGB); pydicom 3 returns RGB. JPEG decoded in YCbCr then converted here can
+        # differ from pydicom 3's by a grey level or two.
+        pixels = convert_color_space(pixels, photometric, "RGB")
     if photometric == "PALETTE COLOR":
         try:
             pixels = apply_color_lut(pixels, ds)

@@ -9,7 +9,9 @@ Backends, in order of preference for the tensors' device:
 * ``torch`` — the pure-PyTorch chunked scan (:mod:`vivim_monai.ops.reference`), any device.
 
 The choice is ``backend=`` argument > environment variable ``VIVIM_SCAN_BACKEND`` > automatic. Asking
-explicitly for a backend that cannot run the given tensors raises a ``RuntimeError`` that says why.
+explicitly for a backend that cannot run the given tensors raises a ``RuntimeError`` that says why. While a graph
+is captured (``torch.jit.trace``, ``torch.export``; e.g. ``monai.bundle ckpt_export --use_trace True``) the
+automatic choice is ``torch``: the compiled kernels are Python calls that no exported graph can hold.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from typing import Any, Callable
 
 import torch
 from monai.utils import optional_import
+
+# imported here, not inside the functions: MONAI Label unloads a bundle's `scripts` package (and takes the bundle off
+# sys.path) between its pipeline stages, so an import at call time inside a served network would fail
+from vivim_monai.ops import cpu_kernel
 
 __all__ = [
     "BACKENDS",
@@ -53,8 +59,6 @@ def cuda_kernels() -> tuple[Callable[..., Any] | None, Callable[..., Any] | None
 
 
 def _cpu_kernel_available() -> bool:
-    from vivim_monai.ops import cpu_kernel
-
     return cpu_kernel.is_available()
 
 
@@ -78,6 +82,8 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
         requested, source = os.environ.get(ENV_VAR, ""), f"environment variable {ENV_VAR}"
     requested = str(requested).strip().lower()
     if requested in _AUTO:
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            return "torch"  # graph capture records PyTorch ops only; the compiled kernels are opaque Python calls
         return available_backends(device)[0]
     if requested not in BACKENDS:
         raise ValueError(f"{source}={requested!r} is not a scan backend; choose one of {BACKENDS} or 'auto'")
@@ -91,8 +97,6 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
         if device.type != "cpu":
             raise RuntimeError(f"{source}='cpu' but the tensors are on {device}")
         if not _cpu_kernel_available():
-            from vivim_monai.ops import cpu_kernel
-
             raise RuntimeError(
                 f"{source}='cpu' is unavailable: the compiled kernel failed to build "
                 f"({cpu_kernel.build_error()}); use 'torch' or 'auto'"
