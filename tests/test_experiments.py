@@ -276,3 +276,16 @@ def test_examples_skip_every_model_without_checkpoint(tmp_path, phantom):
     for model in MODELS:
         assert f"{model}: skipped, no checkpoint" in text
     assert Image.open(output / "report" / "examples.png").width >= 4 * 256
+
+
+def test_frame_dice_counts_foreground_classes_only():
+    from vivim_monai.experiments.examples import frame_dice
+
+    truth = np.zeros((8, 8), dtype=np.int64)
+    truth[2:6, 2:6] = 1
+    assert frame_dice(np.zeros_like(truth), truth) == 0.0, "an empty prediction scores 0, background not counted"
+    assert frame_dice(truth, truth) == 1.0
+    half = truth.copy()
+    half[2:4, 2:6] = 0
+    assert math.isclose(frame_dice(half, truth), 2 * 8 / (8 + 16))
+    assert math.isnan(frame_dice(np.zeros_like(truth), np.zeros_like(truth)))

@@ -55,7 +55,7 @@ def predict_case(run: ModelRun, datalist: Path, entry: dict[str, Any], fold: int
 def frame_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean Dice over the foreground classes present in ``pred`` or ``truth`` (NaN when there are none)."""
     scores = []
-    for value in sorted(set(np.unique(pred).tolist()) | set(np.unique(truth).tolist()) - {0}):
+    for value in sorted((set(np.unique(pred).tolist()) | set(np.unique(truth).tolist())) - {0}):
         p, t = pred == value, truth == value
         scores.append(2.0 * np.logical_and(p, t).sum() / (p.sum() + t.sum()))
     return float(np.mean(scores)) if scores else float("nan")
