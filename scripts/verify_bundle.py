@@ -12,7 +12,7 @@ the zoo-style unit test (``scripts/zoo_unit_test.py``: train → evaluate → in
 ``ckpt_export`` of the trained checkpoint to TorchScript (traced with the portable PyTorch scan), whose output is
 compared with the eager network. Results are printed as a table and written to ``--report`` (JSON).
 
-    python scripts/verify_bundle.py dist/vivim_cine_segmentation --venv /tmp/zoo-venv \\
+    python scripts/verify_bundle.py dist/vivim_cine_segmentation --venv .venv-zoo \\
         --schema ../shared/schemas/meta_schema_20240725.json --report dist/zoo_checks.json
 """
 
