@@ -34,9 +34,9 @@ DEFAULT_SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "meta_schema_20240725
 MAX_FILE_BYTES = 1024 * 1024
 PERSONAL_PATH = re.compile(r"(?<![\w.])(/home/|/Users/|/work/|/root/|/tmp/|[A-Z]:\\\\)")
 TEXT_SUFFIXES = {".py", ".json", ".conf", ".md", ".txt", ".yml", ".yaml", ".cpp"}
-# ckpt_export of the network the zoo unit test trained: traced (the scan is a Python loop of tensor ops, which
-# TorchScript cannot script) with the portable PyTorch scan (the compiled CPU/CUDA kernels are not traceable).
-EXPORT_OVERRIDES = {"network_def#variant": "tiny", "network_def#scan_backend": "torch"}
+# ckpt_export of the network the zoo unit test trained: traced (TorchScript cannot script Vivim); while tracing, the
+# automatic scan backend is the portable PyTorch scan (the compiled kernels are Python calls no graph can hold).
+EXPORT_OVERRIDES = {"network_def#variant": "tiny"}
 EXPORT_SHAPE = [1, 3, 64, 64, 5]
 
 
