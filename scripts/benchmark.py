@@ -5,6 +5,7 @@
     python scripts/benchmark.py memory    # peak inference memory vs clip length, ST-Mamba vs global attention
     python scripts/benchmark.py all       # the three above, in one run
     python scripts/benchmark.py decode    # DICOM decoding: load_cine vs raw pydicom (../shared/data/dicom-cine)
+    python scripts/benchmark.py export    # exported Vivim (TorchScript, torch.export, ONNX Runtime) vs eager PyTorch
 
 All rows of one run are measured side by side on the same machine, so their ratios are comparable. Times are the
 median of ``--repeats`` runs after a warm-up (CUDA is synchronised around every run).
@@ -314,10 +315,70 @@ def _decode_row(name: str, shape: str, times: np.ndarray) -> str:
     )
 
 
+# --------------------------------------------------------------------------------------------------------- export
+def bench_export(args: argparse.Namespace) -> None:
+    """Eager Vivim (torch and cpu-kernel scan backends) versus its exports, all timed interleaved in one run."""
+    import tempfile
+
+    from vivim_monai.export import FORMATS, export_network, load_exported
+
+    formats = [f for f in args.formats if f != "onnx" or _has_onnxruntime()]
+    skipped = sorted(set(args.formats) - set(formats))
+    x = torch.randn(1, 3, args.size, args.size, args.frames)
+    print(f"### Exported Vivim on CPU, 1 x 3 x {args.size} x {args.size} x {args.frames} clip, fp32\n")
+    if skipped:
+        print(f"Not run: {', '.join(skipped)} (onnxruntime is not importable).\n")
+    print(
+        "| variant | runtime | export (s) | file (MB) | latency (s) | clip frames/s | vs eager torch | max abs diff |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for variant in args.variants:
+        torch.manual_seed(0)
+        eager = {"eager, torch scan": Vivim(variant, scan_backend="torch").eval()}
+        if "cpu" in available_backends("cpu"):
+            eager["eager, cpu kernel"] = Vivim(variant, scan_backend="cpu").eval()
+            eager["eager, cpu kernel"].load_state_dict(eager["eager, torch scan"].state_dict())
+        runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = dict(eager)
+        facts: dict[str, tuple[str, str]] = {name: ("-", "-") for name in eager}
+        with tempfile.TemporaryDirectory() as folder:
+            for fmt in formats:
+                start = time.perf_counter()
+                path = export_network(eager["eager, torch scan"], x, os.path.join(folder, "model" + FORMATS[fmt]))
+                seconds = time.perf_counter() - start
+                name = {"torchscript": "TorchScript (trace)", "program": "torch.export .pt2", "onnx": "ONNX Runtime"}
+                runners[name[fmt]] = load_exported(path, threads=args.threads)
+                facts[name[fmt]] = (f"{seconds:.0f}", f"{os.path.getsize(path) / 2**20:.1f}")
+                print(f"{variant} {fmt}: exported in {seconds:.0f} s", file=sys.stderr, flush=True)
+            with torch.inference_mode():
+                reference = eager["eager, torch scan"](x)
+                diffs = {name: float((run(x) - reference).abs().max()) for name, run in runners.items()}
+                for run in runners.values():
+                    run(x)  # a second warm-up: TorchScript's profiling executor optimises on its second call
+                calls = [lambda run=run: run(x) for run in runners.values()]
+                times = _interleaved_medians(calls, args.repeats)
+        base = times[0]
+        for (name, (export_s, size)), median in zip(facts.items(), times):
+            print(
+                f"| {variant} | {name} | {export_s} | {size} | {median:.3f} | {args.frames / median:.2f} | "
+                f"{base / median:.2f}x | {diffs[name]:.1e} |",
+                flush=True,
+            )
+    print()
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: torch's)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("scan", help="selective scan implementations at Vivim's four stage sizes")
     forward = sub.add_parser("forward", help="inference latency per variant and backend")
@@ -337,12 +398,19 @@ def main() -> None:
     decode.add_argument(
         "--folder", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dicom-cine")
     )
+    export = sub.add_parser("export", help="exported Vivim (TorchScript, torch.export, ONNX) vs eager, CPU")
+    export.add_argument("--variants", nargs="+", default=["tiny", "b0"])
+    export.add_argument("--formats", nargs="+", default=["torchscript", "program", "onnx"])
+    export.add_argument("--frames", type=int, default=5)
+    export.add_argument("--size", type=int, default=256)
     worker = sub.add_parser("memory-worker")
     worker.add_argument("--variant", default="b0")
     worker.add_argument("--mixer", choices=["mamba", "attention"], default="mamba")
     worker.add_argument("--frames", type=int, default=8)
     worker.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.command != "memory-worker":
         print(f"Machine: {machine_description()}\n")
     if args.command in ("scan", "all"):
@@ -354,6 +422,8 @@ def main() -> None:
         bench_memory(args)
     if args.command == "decode":
         bench_decode(args)
+    if args.command == "export":
+        bench_export(args)
     if args.command == "memory-worker":
         memory_worker(args)
 
