@@ -37,6 +37,7 @@ VENDORED = "scripts"
 MAX_FILE_BYTES = 1024 * 1024  # the Model Zoo's pre-commit `check-added-large-files --maxkb=1024`
 _REFERENCE = re.compile(rf"\b{PACKAGE}((?:\.[A-Za-z_]\w*)*)")
 _ZIP_DATE = (2024, 1, 1, 0, 0, 0)
+_IGNORE_CACHES = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
 def rename_package(text: str) -> str:
@@ -137,15 +138,11 @@ def vendor_package(source_root: Path, modules: set[str], destination: Path) -> l
         if source.name == "__init__.py":
             for data in sorted(source.parent.iterdir()):
                 if data.is_dir() and not (data / "__init__.py").exists() and data.name != "__pycache__":
-                    shutil.copytree(data, destination / relative.parent / data.name, ignore=_ignore_caches)
+                    shutil.copytree(data, destination / relative.parent / data.name, ignore=_IGNORE_CACHES)
                     copied.extend(
                         str(p.relative_to(source_root / PACKAGE)) for p in sorted(data.rglob("*")) if p.is_file()
                     )
     return copied
-
-
-def _ignore_caches(_directory: str, names: list[str]) -> list[str]:
-    return [n for n in names if n == "__pycache__" or n.endswith(".pyc")]
 
 
 def write_config(source: Path, target: Path) -> None:
@@ -191,7 +188,7 @@ def build_bundle(source_bundle: Path, destination: Path, weights: Path | None = 
             write_config(config, destination / "configs" / config.name)
         elif config.is_file():
             shutil.copyfile(config, destination / "configs" / config.name)
-    shutil.copytree(source_bundle / "docs", destination / "docs", ignore=_ignore_caches)
+    shutil.copytree(source_bundle / "docs", destination / "docs", ignore=_IGNORE_CACHES)
     (destination / "models").mkdir()
     for model_file in (source_bundle / "models").glob("*.md"):
         shutil.copyfile(model_file, destination / "models" / model_file.name)

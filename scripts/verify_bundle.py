@@ -32,7 +32,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
 MAX_FILE_BYTES = 1024 * 1024
-PERSONAL_PATH = re.compile(r"(?<![\w.])(/home/|/Users/|/work/|/root/|/tmp/|[A-Z]:\\\\)")
+# machine-specific roots that must not appear in a shared bundle (user homes, work and temporary folders, drives)
+_PERSONAL_ROOTS = ("home", "Users", "work", "root", "tmp")
+PERSONAL_PATH = re.compile(rf"(?<![\w.])(/(?:{'|'.join(_PERSONAL_ROOTS)})/|[A-Z]:\\\\)")
 TEXT_SUFFIXES = {".py", ".json", ".conf", ".md", ".txt", ".yml", ".yaml", ".cpp"}
 # ckpt_export of the network the zoo unit test trained: traced (TorchScript cannot script Vivim); while tracing, the
 # automatic scan backend is the portable PyTorch scan (the compiled kernels are Python calls no graph can hold).

@@ -47,18 +47,11 @@ def workflow(kind: str, configs: list[str], **override) -> ConfigWorkflow:
 
 class TestPackagedBundle(unittest.TestCase):
     def setUp(self) -> None:
-        from scripts.data import PHANTOM_CLASSES, assign_folds, discover_cases, write_datalist, write_phantom_case
+        from scripts.data import make_phantom_data
 
         self.work = Path(tempfile.mkdtemp(prefix="zoo_unit_"))
-        data = self.work / "data"
-        for index in range(4):
-            write_phantom_case(data, f"case{index}", seed=index, num_frames=6, height=96, width=128)
-        write_phantom_case(self.work / "test", "heldout", seed=99, num_frames=9, height=96, width=128)
-        entries = discover_cases(data, "dicom", class_names=PHANTOM_CLASSES)
-        folds, report = assign_folds(entries, 2)
-        entries = [{**entry, "fold": fold} for entry, fold in zip(entries, folds)]
-        write_datalist(data / "datalist.json", entries, data, "dicom", PHANTOM_CLASSES, name="zoo", folds=report)
-        self.common = {**TINY, "dataset_dir": str(data)}
+        make_phantom_data(self.work, cases=4, frames=6, folds=2, height=96, width=128)
+        self.common = {**TINY, "dataset_dir": str(self.work / "data")}
 
     def tearDown(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
@@ -89,7 +82,7 @@ class TestPackagedBundle(unittest.TestCase):
         infer.run()
         infer.finalize()
         labels = np.asarray(nib.load(out / "heldout" / "heldout_seg.nii.gz").dataobj)
-        self.assertEqual(labels.shape, (96, 128, 9), "one label per pixel of every source frame")
+        self.assertEqual(labels.shape, (96, 128, 12), "one label per pixel of every source frame")
         self.assertTrue(set(np.unique(labels).tolist()) <= {0, 1, 2})
 
 

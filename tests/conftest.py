@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -41,3 +44,26 @@ def bundle_workflow(kind: str, files: list[str], **override):
         workflow_type=kind,
         **override,
     )
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (to prove inputs are left untouched)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tree_digests(*folders: Path) -> dict[str, str]:
+    """``{path: sha256}`` of every file under ``folders`` (``__pycache__`` left out)."""
+    return {
+        str(path): file_digest(path)
+        for folder in folders
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (the scripts folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

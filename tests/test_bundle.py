@@ -19,8 +19,7 @@ from conftest import BUNDLE_META as META
 from conftest import REPO_ROOT, SHARED_SCHEMAS, bundle_workflow
 from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
 
-from vivim_monai.data import load_cine
-from vivim_monai.demo import make_phantom_data
+from vivim_monai.data import load_cine, make_phantom_data
 
 
 @pytest.fixture(scope="module")

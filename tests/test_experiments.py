@@ -15,8 +15,7 @@ from monai.bundle import ConfigParser
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from vivim_monai.data import load_datalist
-from vivim_monai.demo import make_phantom_data
+from vivim_monai.data import load_datalist, make_phantom_data
 from vivim_monai.experiments import (
     FoldStat,
     ModelStats,

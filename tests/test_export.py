@@ -195,13 +195,12 @@ def test_export_script_from_the_bundle_config(tmp_path):
     torch.save({"model": source.state_dict()}, tmp_path / "model.pt")
     command = [sys.executable, "scripts/export_model.py", "--override", "network_def#variant=tiny"]
     command += ["--clip-shape", "3", "32", "32", "3", "--format", "torchscript"]
-    done = subprocess.run(
-        command + ["--checkpoint", str(tmp_path / "model.pt"), "--output", str(tmp_path / "model.ts")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+
+    def export(checkpoint: str, output: str) -> subprocess.CompletedProcess:
+        arguments = ["--checkpoint", str(tmp_path / checkpoint), "--output", str(tmp_path / output)]
+        return subprocess.run(command + arguments, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+    done = export("model.pt", "model.ts")
     assert done.returncode == 0, done.stderr[-2000:]
     verified = re.search(r"max abs difference vs eager PyTorch on the example: (\S+)", done.stderr)
     assert verified is not None and float(verified.group(1)) < TOLERANCE, done.stderr[-2000:]
@@ -209,13 +208,7 @@ def test_export_script_from_the_bundle_config(tmp_path):
     clip = torch.rand(2, 3, 32, 32, 3)
     assert compare(model(clip), eager(source.eval(), clip))[0] < TOLERANCE
     (tmp_path / "bad.pt").write_bytes(b"\x00")
-    failed = subprocess.run(
-        command + ["--checkpoint", str(tmp_path / "bad.pt"), "--output", str(tmp_path / "bad.ts")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    failed = export("bad.pt", "bad.ts")
     assert failed.returncode == 1 and "bad.pt: cannot read checkpoint" in failed.stderr
     assert not (tmp_path / "bad.ts").exists()
 

@@ -4,7 +4,6 @@ DDP gathering), per-case outputs from the original cine, per-epoch clip redraw a
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -14,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import file_digest
 from ignite.engine import Engine
 from monai.data import DataLoader, MetaTensor
 from monai.engines import SupervisedEvaluator
@@ -68,10 +68,6 @@ def make_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def evaluator_for(cases: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict[str, dict], orders: dict[str, str]):
@@ -240,7 +236,7 @@ def test_case_outputs_from_the_original_cine(tmp_path, caplog):
     for t in range(4):
         frame_paths.append(str(frames_dir / f"f{t}.png"))
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(frame_paths[-1])
-    before = {p: digest(p) for p in inputs.rglob("*") if p.is_file()}
+    before = {p: file_digest(p) for p in inputs.rglob("*") if p.is_file()}
 
     cine = load_cine(entry["image"])
     label = load_cine(entry["label"])[0]
@@ -282,7 +278,7 @@ def test_case_outputs_from_the_original_cine(tmp_path, caplog):
         4,
     ), "re-read from image_source (filename_or_obj is gone)"
     assert str(folder) in caplog.text and "dicom_seg skipped" in caplog.text
-    assert {p: digest(p) for p in inputs.rglob("*") if p.is_file()} == before, "inputs untouched, nothing added"
+    assert {p: file_digest(p) for p in inputs.rglob("*") if p.is_file()} == before, "inputs untouched, nothing added"
 
 
 def test_clip_epoch_resampler_redraws_random_clips_each_epoch():

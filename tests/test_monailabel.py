@@ -12,7 +12,6 @@ that also checks the server keeps answering, and always stops the server, verify
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -26,7 +25,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_script
 
 SCRIPTS = REPO_ROOT / "scripts"
 VENV = Path(os.environ.get("VIVIM_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
@@ -36,14 +35,7 @@ LOOP_REQUESTS, LOOP_SECONDS = 5, 120.0
 FRAMES = 7  # more than the clip length (5): the sliding clip inferer runs two windows
 
 
-def _load_serve_module():
-    spec = importlib.util.spec_from_file_location("serve_monailabel", SCRIPTS / "serve_monailabel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-serve = _load_serve_module()
+serve = load_script("serve_monailabel")
 
 
 def _free_port() -> int:

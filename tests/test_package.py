@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -14,34 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, SHARED_SCHEMAS
+from conftest import REPO_ROOT, SHARED_SCHEMAS, file_digest, load_script, tree_digests
 
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-package_bundle = _script("package_bundle")
-verify_bundle = _script("verify_bundle")
-
-
-def _tree_digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
+package_bundle = load_script("package_bundle")
+verify_bundle = load_script("verify_bundle")
 
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
-    source_before = _tree_digest(REPO_ROOT / "bundle")
+    source_before = tree_digests(REPO_ROOT / "bundle")
     output = tmp_path_factory.mktemp("dist")
     folder, archive = package_bundle.package(output)
-    assert _tree_digest(REPO_ROOT / "bundle") == source_before, "the source bundle is never modified"
+    assert tree_digests(REPO_ROOT / "bundle") == source_before, "the source bundle is never modified"
     return folder, archive
 
 
@@ -71,7 +53,7 @@ def test_zip_holds_the_folder_and_is_reproducible(packaged, tmp_path):
     folder, archive = packaged
     with zipfile.ZipFile(archive) as opened:
         names = sorted(opened.namelist())
-        expected = sorted(f"{folder.name}/{name}" for name in _tree_digest(folder))
+        expected = sorted(f"{folder.name}/{Path(name).relative_to(folder).as_posix()}" for name in tree_digests(folder))
         assert names == expected
         inference = opened.read(f"{folder.name}/configs/inference.json")
     assert inference == (folder / "configs" / "inference.json").read_bytes()
@@ -93,7 +75,7 @@ def test_large_weights_are_listed_in_large_files_yml(tmp_path):
     torch.save({"model": {"w": torch.zeros(300_000)}}, weights)  # 1.2 MB
     folder, _ = package_bundle.package(tmp_path / "dist", weights=weights, weights_url="https://example.org/model.pt")
     listing = (folder / "large_files.yml").read_text()
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    digest = file_digest(weights)
     assert 'path: "models/model.pt"' in listing and digest in listing and "https://example.org/model.pt" in listing
     checks = verify_bundle.Checks()
     verify_bundle.static_checks(folder, checks)

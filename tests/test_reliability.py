@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import hashlib
 import io
 import logging
 import os
@@ -22,14 +21,13 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import REPO_ROOT, bundle_workflow
+from conftest import REPO_ROOT, bundle_workflow, tree_digests
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
 from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command
-from vivim_monai.data import load_cine
-from vivim_monai.demo import make_phantom_data
+from vivim_monai.data import load_cine, make_phantom_data
 from vivim_monai.handlers import AtomicCheckpointSaver, ModelWeights, TrainingRNG
 from vivim_monai.io import read_dicom_seg_labels
 from vivim_monai.networks import PerFrameUNet, Vivim
@@ -67,15 +65,6 @@ def _weights(network: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
-
-
-def _hashes(*folders: Path) -> dict[str, str]:
-    return {
-        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
-        for folder in folders
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 # --- 1. resume: model, optimiser, scheduler, epoch and RNG ------------------------------------------------------
@@ -616,7 +605,7 @@ def test_impossible_config_values_fail_clearly(phantom, tmp_path, config, overri
 
 
 def test_train_evaluate_and_infer_never_modify_their_inputs(phantom, tmp_path):
-    before = _hashes(phantom / "data", phantom / "test")
+    before = tree_digests(phantom / "data", phantom / "test")
     common = {"bundle_root": str(tmp_path), "dataset_dir": str(phantom / "data")}
     # all 4 cases, no validation; the last weights are saved as model.pt
     _run(bundle_workflow("train", ["train.json"], **common, **{**TRAIN, "fold": -1, "epochs": 1, "max_numerosity": 1}))
@@ -630,6 +619,6 @@ def test_train_evaluate_and_infer_never_modify_their_inputs(phantom, tmp_path):
     infer = _run(bundle_workflow("infer", ["inference.json"], **common, **TINY, output_dir=str(tmp_path / "out")))
     assert len(infer.parser.get_parsed_content("input_files")) == 4, "the data folder's DICOMs"
     assert len(list((tmp_path / "out").rglob("*_seg.nii.gz"))) == 4
-    after = _hashes(phantom / "data", phantom / "test")
+    after = tree_digests(phantom / "data", phantom / "test")
     assert after.keys() == before.keys(), f"files appeared or vanished: {set(after) ^ set(before)}"
     assert after == before, "an input changed"

@@ -4,7 +4,6 @@ overlay GIF, per-frame CSV, the per-case writer, atomicity and untouched inputs.
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 import highdicom as hd
@@ -13,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import shared_dir
+from conftest import file_digest, shared_dir
 from PIL import Image
 from pydicom import examples
 from pydicom.uid import SegmentationStorage
@@ -36,10 +35,6 @@ from vivim_monai.io import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent the intended person name")
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def moving_disks(height: int, width: int, frames: int, empty=(3, 17)) -> np.ndarray:
@@ -102,7 +97,7 @@ def test_nifti_rejects_non_labels(tmp_path):
 @pytest.mark.parametrize("omit_empty_frames", [False, True])
 def test_dicom_seg_of_real_cine_reads_back_equal_to_nifti(tmp_path, omit_empty_frames):
     source_path = Path(examples.get_path("ybr_color"))  # 30-frame RGB echo, JPEG baseline, no frame of reference
-    before = digest(source_path)
+    before = file_digest(source_path)
     source = pydicom.dcmread(source_path, stop_before_pixels=True)
     frames = int(source.NumberOfFrames)
     labels = moving_disks(source.Rows, source.Columns, frames)
@@ -129,7 +124,7 @@ def test_dicom_seg_of_real_cine_reads_back_equal_to_nifti(tmp_path, omit_empty_f
     parsed = hd.seg.segread(seg_path)  # highdicom's reader maps SEG frames to the source frames by reference
     assert parsed.get_source_image_uids()[0][2] == source.SOPInstanceUID
     np.testing.assert_array_equal(read_dicom_seg_labels(seg_path, num_frames=frames), expected)
-    assert digest(source_path) == before
+    assert file_digest(source_path) == before
 
 
 def test_dicom_seg_of_phantom_with_frame_of_reference_and_checks(tmp_path):
@@ -240,7 +235,7 @@ def phantom_case(tmp_path):
 
 def test_case_outputs_for_a_dicom_cine(tmp_path, phantom_case):
     case, cine, labels = phantom_case
-    before = {name: digest(case[name]) for name in ("image", "label")}
+    before = {name: file_digest(case[name]) for name in ("image", "label")}
     writer = CineOutputWriter(tmp_path / "outputs", overlay_max_size=64)
     outputs = writer(cine, torch.from_numpy(labels)[None])
     folder = tmp_path / "outputs" / "case7"
@@ -256,7 +251,7 @@ def test_case_outputs_for_a_dicom_cine(tmp_path, phantom_case):
     assert float(rows[0]["solid_area_mm2"]) == pytest.approx((labels[..., 0] == 1).sum() * spacing[0] * spacing[1])
     with Image.open(outputs.files["overlay"]) as gif:
         assert gif.size == (64, 43) and gif.n_frames == 8
-    assert {name: digest(case[name]) for name in ("image", "label")} == before
+    assert {name: file_digest(case[name]) for name in ("image", "label")} == before
 
 
 def test_case_outputs_skip_dicom_seg_for_non_dicom_sources(tmp_path, phantom_case):
@@ -271,9 +266,9 @@ def test_case_outputs_skip_dicom_seg_for_non_dicom_sources(tmp_path, phantom_cas
 
 def test_failing_writer_leaves_no_partial_file_and_keeps_previous_outputs(tmp_path, phantom_case, monkeypatch):
     case, cine, labels = phantom_case
-    before = digest(case["image"])
+    before = file_digest(case["image"])
     first = write_case_outputs(cine, labels, tmp_path / "out", kinds=("nifti", "overlay"))
-    previous = {kind: digest(path) for kind, path in first.files.items()}
+    previous = {kind: file_digest(path) for kind, path in first.files.items()}
 
     def broken_gif(*args, **kwargs):
         image_path = args[2]  # write_overlay_gif(cine, labels, path, ...): fail half-way through the file
@@ -289,9 +284,9 @@ def test_failing_writer_leaves_no_partial_file_and_keeps_previous_outputs(tmp_pa
         write_case_outputs(cine, labels[..., ::-1], tmp_path / "out", kinds=("nifti", "overlay", "csv"))
     folder = tmp_path / "out" / "case7"
     assert sorted(p.name for p in folder.iterdir()) == ["case7_overlay.gif", "case7_seg.nii.gz"]  # no temporaries
-    assert digest(first.files["overlay"]) == previous["overlay"]  # the old GIF is intact, not half-replaced
-    assert digest(first.files["nifti"]) != previous["nifti"]  # written completely before the failure
-    assert digest(case["image"]) == before
+    assert file_digest(first.files["overlay"]) == previous["overlay"]  # the old GIF is intact, not half-replaced
+    assert file_digest(first.files["nifti"]) != previous["nifti"]  # written completely before the failure
+    assert file_digest(case["image"]) == before
 
 
 def test_outputs_never_overwrite_inputs(tmp_path):

@@ -24,7 +24,7 @@ from pathlib import Path
 from pydicom import examples
 
 from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command, run_bundle
-from vivim_monai.data import PHANTOM_CLASSES, assign_folds, discover_cases, write_datalist, write_phantom_case
+from vivim_monai.data import make_phantom_data
 from vivim_monai.networks import VIVIM_VARIANTS
 
 
@@ -41,20 +41,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--bundle", default=str(BUNDLE_DIR), help="bundle folder (configs/)")
     return parser.parse_args(argv)
-
-
-def make_phantom_data(root: Path, cases: int, frames: int, folds: int) -> Path:
-    """Phantom training cases with a folded datalist in ``root/data``; one held-out case in ``root/test``."""
-    data = root / "data"
-    for index in range(cases):
-        write_phantom_case(data, f"phantom{index:03d}", seed=index, num_frames=frames, height=192, width=256)
-    write_phantom_case(root / "test", "heldout", seed=1000, num_frames=frames * 2, height=192, width=256)
-    entries = discover_cases(data, "dicom", class_names=PHANTOM_CLASSES)
-    fold_of_entry, report = assign_folds(entries, folds)
-    entries = [{**entry, "fold": fold} for entry, fold in zip(entries, fold_of_entry)]
-    datalist = data / "datalist.json"
-    write_datalist(datalist, entries, data, "dicom", PHANTOM_CLASSES, name="phantom", folds=report)
-    return datalist
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -57,7 +57,7 @@ __all__ = [
 
 #: format name -> file suffix
 FORMATS = {"torchscript": ".ts", "program": ".pt2", "onnx": ".onnx"}
-_SUFFIXES = {".ts": "torchscript", ".pt2": "program", ".onnx": "onnx"}
+_SUFFIXES = {suffix: fmt for fmt, suffix in FORMATS.items()}
 #: name of the JSON record inside every exported file (TorchScript / .pt2 extra file, ONNX metadata property)
 METADATA_KEY = "vivim_export.json"
 DEFAULT_TOLERANCE = 1e-4

@@ -13,7 +13,7 @@ from vivim_monai.data.dicom import (
 )
 from vivim_monai.data.folds import assign_folds
 from vivim_monai.data.labels import LABEL_FORMATS, OVARIAN_CLASS_FILES, class_masks_to_index, load_label_cine
-from vivim_monai.data.phantom import PHANTOM_CLASSES, Phantom, make_phantom, write_phantom_case
+from vivim_monai.data.phantom import PHANTOM_CLASSES, Phantom, make_phantom, make_phantom_data, write_phantom_case
 
 __all__ = [
     "LABEL_FORMATS",
@@ -44,6 +44,7 @@ __all__ = [
     "read_dicom_cine",
     "Phantom",
     "make_phantom",
+    "make_phantom_data",
     "PHANTOM_CLASSES",
     "write_phantom_case",
 ]

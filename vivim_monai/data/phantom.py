@@ -20,9 +20,11 @@ from PIL import Image, ImageDraw
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
+from vivim_monai.data.datalist import discover_cases, write_datalist
+from vivim_monai.data.folds import assign_folds
 from vivim_monai.io.atomic import atomic_write
 
-__all__ = ["PHANTOM_CLASSES", "Phantom", "make_phantom", "write_phantom_case"]
+__all__ = ["PHANTOM_CLASSES", "Phantom", "make_phantom", "make_phantom_data", "write_phantom_case"]
 
 PHANTOM_CLASSES = ("background", "solid", "non-solid")  # label values 0, 1, 2 of the written cases
 
@@ -140,3 +142,18 @@ def write_phantom_case(
     label_image = nib.Nifti1Image(phantom.label, affine)
     atomic_write(label_path, lambda name: nib.save(label_image, name))
     return {"image": str(image_path), "label": str(label_path), "case_id": case_id}
+
+
+def make_phantom_data(root: Path, cases: int, frames: int, folds: int, height: int = 192, width: int = 256) -> Path:
+    """Phantom training cases with a folded datalist in ``root/data`` and one held-out case of twice the frames in
+    ``root/test`` (``heldout.dcm``): the demo's data and the packaged bundle's unit-test data. Returns the datalist."""
+    data = Path(root) / "data"
+    for index in range(cases):
+        write_phantom_case(data, f"phantom{index:03d}", seed=index, num_frames=frames, height=height, width=width)
+    write_phantom_case(Path(root) / "test", "heldout", seed=1000, num_frames=frames * 2, height=height, width=width)
+    entries = discover_cases(data, "dicom", class_names=PHANTOM_CLASSES)
+    fold_of_entry, report = assign_folds(entries, folds)
+    entries = [{**entry, "fold": fold} for entry, fold in zip(entries, fold_of_entry)]
+    datalist = data / "datalist.json"
+    write_datalist(datalist, entries, data, "dicom", PHANTOM_CLASSES, name="phantom", folds=report)
+    return datalist
