@@ -4,13 +4,17 @@
         --output runs/compare/carotid --folds 4
     python scripts/compare_models.py ../shared/data/bagls --layout bagls --attribute camera \\
         --dataset-config configs/bagls.json --output runs/compare/bagls --folds 4
+    python scripts/compare_models.py ../shared/data/vtus --layout vtus --dataset-config <VTUS overlay>.json \\
+        --output runs/compare/vtus --temporal-blocks 3 --guard 3
 
-Steps: the datalist and its stratified group folds (``<output>/datalist_folds.json``); for every model overlay
-(default ``configs/vivim_tiny.json``, ``configs/vivim_tiny_spatial_only.json``, ``configs/per_frame_unet_small.json``)
-the same k-fold cross-validation through the bundle (``scripts/cross_validate.py``: same data, augmentation,
-epochs); then the comparison report (``vivim_monai.experiments``): tables per fold and mean ± sd, training curves
-and example overlays as PNG, in ``<output>/report``. A model whose ``cv_summary.csv`` exists is not re-run
-(``--rerun`` forces it); ``--report-only`` just rebuilds the report. Nothing here is specific to one dataset.
+Steps: the datalist and its stratified group folds (``<output>/datalist_folds.json``; with ``--temporal-blocks N``
+instead every video cut into N contiguous blocks, block k validating fold k and the ``--guard`` frames next to it
+never training: for one or few videos such as VTUS); for every model overlay (default ``configs/vivim_tiny.json``,
+``configs/vivim_tiny_spatial_only.json``, ``configs/per_frame_unet_small.json``) the same k-fold cross-validation
+through the bundle (``scripts/cross_validate.py``: same data, augmentation, epochs); then the comparison report
+(``vivim_monai.experiments``): tables per fold and mean ± sd, training curves and example overlays as PNG, in
+``<output>/report``. A model whose ``cv_summary.csv`` exists is not re-run (``--rerun`` forces it);
+``--report-only`` just rebuilds the report. Nothing here is specific to one dataset.
 """
 
 from __future__ import annotations
@@ -20,19 +24,41 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vivim_monai.data import LAYOUT_CLASSES, LAYOUTS, assign_folds, discover_cases, write_datalist
+from vivim_monai.data import (
+    LAYOUT_CLASSES,
+    LAYOUTS,
+    assign_folds,
+    assign_temporal_blocks,
+    discover_cases,
+    temporal_block_report,
+    write_datalist,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ("vivim_tiny", "vivim_tiny_spatial_only", "per_frame_unet_small")
 
 
-def make_folded_datalist(data: Path, layout: str, output: Path, folds: int, attribute: str | None) -> Path:
+def make_folded_datalist(
+    data: Path,
+    layout: str,
+    output: Path,
+    folds: int,
+    attribute: str | None,
+    temporal_blocks: int | None = None,
+    guard: int = 3,
+) -> Path:
+    """``<output>/datalist_folds.json`` (kept if present): stratified group folds, or ``temporal_blocks`` blocks per
+    video with a ``guard`` of frames (then ``folds`` and ``attribute`` are unused)."""
     path = output / "datalist_folds.json"
     if path.is_file():
         return path
     entries = discover_cases(data, layout)
-    fold_of_entry, report = assign_folds(entries, folds, attribute=attribute)
-    entries = [{**entry, "fold": fold} for entry, fold in zip(entries, fold_of_entry)]
+    if temporal_blocks is not None:
+        entries = assign_temporal_blocks(entries, temporal_blocks, guard)
+        report = temporal_block_report(entries)
+    else:
+        fold_of_entry, report = assign_folds(entries, folds, attribute=attribute)
+        entries = [{**entry, "fold": fold} for entry, fold in zip(entries, fold_of_entry)]
     write_datalist(path, entries, data, layout, LAYOUT_CLASSES[layout], folds=report)
     return path
 
@@ -45,13 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True)
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--attribute", help="stratification attribute (e.g. camera)")
+    parser.add_argument("--temporal-blocks", type=int, metavar="N", help="folds = N contiguous blocks of every video")
+    parser.add_argument(
+        "--guard", type=int, default=3, help="temporal blocks: frames by the validation block not trained"
+    )
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="network overlays in configs/")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override for all")
     parser.add_argument("--rerun", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     output = Path(args.output).resolve()
-    datalist = make_folded_datalist(Path(args.data).resolve(), args.layout, output, args.folds, args.attribute)
+    datalist = make_folded_datalist(
+        Path(args.data).resolve(), args.layout, output, args.folds, args.attribute, args.temporal_blocks, args.guard
+    )
     for model in [] if args.report_only else args.models:
         run = output / model
         if (run / "cv_summary.csv").is_file() and not args.rerun:

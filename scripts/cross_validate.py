@@ -74,6 +74,17 @@ def write_tables(rows: list[dict[str, str]], output: Path) -> str:
     return markdown
 
 
+def _finished_seconds(timing: Path) -> dict[str, float]:
+    """Wall times of the folds an earlier, interrupted run finished (``cv_timing.json``; empty when absent)."""
+    return json.loads(timing.read_text()).get("seconds", {}) if timing.is_file() else {}
+
+
+def _write_timing(output: Path, seconds: dict[str, float], overlays: list[str], overrides: dict) -> None:
+    """``cv_timing.json`` after every fold, so an interrupted run resumes at the first unfinished fold."""
+    timing = json.dumps({"seconds": seconds, "configs": overlays, "overrides": overrides}, indent=4) + "\n"
+    atomic_write(output / "cv_timing.json", lambda name: Path(name).write_text(timing))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datalist", help="datalist with folds (scripts/make_folds.py)")
@@ -83,22 +94,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", action="append", default=[], help="config overlay merged after train.json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override")
     parser.add_argument("--bundle", default=str(BUNDLE_DIR), help="bundle folder (configs/)")
+    parser.add_argument("--rerun", action="store_true", help="repeat folds an earlier run already evaluated")
     args = parser.parse_args(argv)
     datalist, output, bundle = Path(args.datalist).resolve(), Path(args.output).resolve(), Path(args.bundle)
     overrides = dict(parse_override(text) for text in args.set)
     overlays = [str(Path(c).resolve()) for c in args.config]
     train, evaluate = ["train.json", *overlays], ["train.json", *overlays, "evaluate.json"]
     summaries, seconds = {}, {}
+    done = _finished_seconds(output / "cv_timing.json")
     for fold in fold_ids(datalist, args.folds):
         run = {**overrides, "bundle_root": str(output / f"fold_{fold}"), "datalist": str(datalist), "fold": fold}
-        seconds[f"train_fold_{fold}"] = run_bundle(f"train fold {fold}", bundle_command(bundle, train, run))
-        seconds[f"evaluate_fold_{fold}"] = run_bundle(f"evaluate fold {fold}", bundle_command(bundle, evaluate, run))
-        summaries[fold] = json.loads((output / f"fold_{fold}" / "eval" / "metrics_summary.json").read_text())
+        summary = output / f"fold_{fold}" / "eval" / "metrics_summary.json"
+        if summary.is_file() and f"evaluate_fold_{fold}" in done and not args.rerun:
+            print(f"fold {fold}: already evaluated in {summary.parent} (--rerun repeats it)")
+            seconds.update({k: done[k] for k in (f"train_fold_{fold}", f"evaluate_fold_{fold}") if k in done})
+        else:
+            seconds[f"train_fold_{fold}"] = run_bundle(f"train fold {fold}", bundle_command(bundle, train, run))
+            seconds[f"evaluate_fold_{fold}"] = run_bundle(f"evaluate fold {fold}", bundle_command(bundle, evaluate, run))
+            _write_timing(output, seconds, overlays, overrides)
+        summaries[fold] = json.loads(summary.read_text())
     if args.final:
         run = {**overrides, "bundle_root": str(output / "final"), "datalist": str(datalist), "fold": -1}
         seconds["train_final"] = run_bundle("final training on all folds", bundle_command(bundle, train, run))
-    timing = json.dumps({"seconds": seconds, "configs": overlays, "overrides": overrides}, indent=4) + "\n"
-    atomic_write(output / "cv_timing.json", lambda name: Path(name).write_text(timing))
+    _write_timing(output, seconds, overlays, overrides)
     print("\n" + write_tables(summary_rows(summaries), output))
     return 0
 

@@ -4,6 +4,7 @@
     python scripts/make_datalist.py ../shared/data/bagls --layout bagls --output datalists/bagls.json
     python scripts/make_datalist.py raw_dataset/train --layout ovarian --metadata cases.csv --output ovarian.json
     python scripts/make_datalist.py phantom/ --layout dicom --output phantom.json
+    python scripts/make_datalist.py ../shared/data/vtus --layout vtus --output datalists/vtus.json
 
 Layouts and entry keys: see ``vivim_monai.data.datalist``. Paths in the file are relative to its ``root``, which is
 stored relative to the datalist file; bundle configs may override it with ``dataset_dir``.

@@ -156,11 +156,11 @@ def test_paper_recipe_overlay_trains_the_edge_head(tmp_path):
     )
     workflow.initialize()
     network = workflow.parser.get_parsed_content("network")
-    before = [p.detach().clone() for p in network.edgeocr_cls_head.parameters()]
+    before = [p.detach().clone() for p in network.edge_head.parameters()]
     workflow.run()
     optimizer = workflow.parser.get_parsed_content("optimizer")
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["weight_decay"] == 0.0
-    assert any(not torch.equal(b, p) for b, p in zip(before, network.edgeocr_cls_head.parameters())), "edge head learns"
+    assert any(not torch.equal(b, p) for b, p in zip(before, network.edge_head.parameters())), "edge head learns"
     workflow.finalize()
 
 

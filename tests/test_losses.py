@@ -337,7 +337,7 @@ def test_vivim_edge_head_trains_with_boundary_loss():
     SegmentationWithBoundaryLoss(FocalTverskyLoss(alpha=OVARIAN_FOCAL_ALPHA))(
         (seg_logits, edge_logits), labels
     ).backward()
-    assert net.edgeocr_cls_head.weight.grad.abs().sum() > 0
+    assert net.edge_head.weight.grad.abs().sum() > 0
 
 
 def stand_in_checkpoint(path, patch_size: int = 8, prefix: str = "module.") -> None:

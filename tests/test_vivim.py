@@ -171,52 +171,53 @@ def test_state_dict_runs_on_every_backend(tmp_path):
             torch.testing.assert_close(loaded(x), expected, atol=1e-4, rtol=1e-4)
 
 
+def _public_vivim_key(key: str) -> str:
+    """Our key -> the public Vivim code's (reference §8), written out here independently of the loader's rules."""
+    parts = key.split(".")
+    if parts[0] == "temporal":  # temporal.i.j.rest -> encoder.stages.i.j.0.rest (nested Sequential)
+        return "model.encoder.stages." + ".".join(parts[1:3]) + ".0." + ".".join(parts[3:])
+    if parts[0] == "encoder":
+        return "model.encoder.downsample_layers." + ".".join(parts[1:])
+    if parts[0] == "edge_head":
+        return "model.edgeocr_cls_head." + ".".join(parts[1:])
+    return "model." + key
+
+
 def test_upstream_and_segformer_checkpoints_load(tmp_path):
     torch.manual_seed(0)
-    source = Vivim("tiny", out_channels=1)
+    source = Vivim("tiny", out_channels=1, edge_head=True)
     state = source.state_dict()
     # the public Vivim code: Lightning "model." prefix, ".0." in the Mamba stages, unused ADE classifier and norms
-    upstream = {
-        (
-            "model."
-            + k.replace(
-                f"stages.{k.split('.')[2]}.{k.split('.')[3]}.", f"stages.{k.split('.')[2]}.{k.split('.')[3]}.0."
-            )
-            if k.startswith("encoder.stages.")
-            else "model." + k
-        ): v
-        for k, v in state.items()
-    }
+    upstream = {_public_vivim_key(k): v for k, v in state.items()}
+    assert "model.encoder.stages.0.0.0.mamba.in_proj.weight" in upstream
+    assert "model.encoder.downsample_layers.patch_embeddings.0.proj.weight" in upstream
+    assert "model.edgeocr_cls_head.weight" in upstream
     upstream["model.decoder.classifier.weight"] = torch.zeros(150, 64, 1, 1)
     upstream["model.encoder.downsample_layers.layer_norm.0.weight"] = torch.ones(16)
-    assert any(".0.mamba." in k for k in upstream)
     torch.save({"state_dict": upstream}, tmp_path / "upstream.ckpt")
-    loaded = Vivim("tiny", out_channels=1, weights=str(tmp_path / "upstream.ckpt"))
+    loaded = Vivim("tiny", out_channels=1, edge_head=True, weights=str(tmp_path / "upstream.ckpt"))
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, state[key]), key
 
     # a Hugging Face SegFormer checkpoint initialises only the encoder and decoder
     segformer = {
-        k.replace("encoder.downsample_layers.", "segformer.encoder.").replace("decoder.", "decode_head."): v
+        "segformer.encoder." + k[len("encoder.") :] if k.startswith("encoder.") else "decode_head." + k[len("decoder.") :]: v
         for k, v in state.items()
-        if not k.startswith(("encoder.stages.", "out."))
+        if k.startswith(("encoder.", "decoder."))
     }
     torch.save(segformer, tmp_path / "segformer.bin")
     torch.manual_seed(1)
     fresh = Vivim("tiny", out_channels=1)
     fresh.load_weights(tmp_path / "segformer.bin")
-    assert torch.equal(
-        fresh.encoder.downsample_layers.block[0][0].mlp.dense1.weight,
-        source.encoder.downsample_layers.block[0][0].mlp.dense1.weight,
-    )
+    assert torch.equal(fresh.encoder.block[0][0].mlp.dense1.weight, source.encoder.block[0][0].mlp.dense1.weight)
     assert not torch.equal(fresh.out.weight, source.out.weight)
 
 
 def test_incompatible_checkpoints_fail_clearly(tmp_path):
     torch.save({"model": Vivim("tiny", out_channels=3).state_dict()}, tmp_path / "three.pt")
-    with pytest.raises(ValueError, match=r"three\.pt.*output classes 3 in the file vs 1 here"):
+    with pytest.raises(ValueError, match=r"three\.pt.*output classes 3 in the checkpoint vs 1 here"):
         Vivim("tiny", out_channels=1, weights=str(tmp_path / "three.pt"))
-    widths = r"stage widths \[16, 32, 64, 128\] in the file vs \[32, 64, 160, 256\] here"
+    widths = r"stage widths \[16, 32, 64, 128\] in the checkpoint vs \[32, 64, 160, 256\] here"
     with pytest.raises(ValueError, match=r"three\.pt.*" + widths):
         Vivim("b0", out_channels=3, weights=str(tmp_path / "three.pt"))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

@@ -11,7 +11,7 @@ from vivim_monai.data.dicom import (
     has_dicom_preamble,
     read_dicom_cine,
 )
-from vivim_monai.data.folds import assign_folds
+from vivim_monai.data.folds import assign_folds, assign_temporal_blocks, temporal_block_report
 from vivim_monai.data.labels import LABEL_FORMATS, OVARIAN_CLASS_FILES, class_masks_to_index, load_label_cine
 from vivim_monai.data.phantom import PHANTOM_CLASSES, Phantom, make_phantom, make_phantom_data, write_phantom_case
 
@@ -21,12 +21,14 @@ __all__ = [
     "LAYOUT_CLASSES",
     "OVARIAN_CLASS_FILES",
     "assign_folds",
+    "assign_temporal_blocks",
     "class_masks_to_index",
     "discover_cases",
     "frame_files",
     "load_datalist",
     "load_label_cine",
     "read_frame_image",
+    "temporal_block_report",
     "write_datalist",
     "CLIP_MODES",
     "ClipDataset",

@@ -13,9 +13,15 @@ Layouts (:data:`LAYOUTS`):
   ...) adds case attributes. Frame folders sort naturally by path, not lexicographically.
 * ``"dicom"``: DICOM cines in a folder (recursively) with optional ``<stem>_label.<nii.gz|nii|mha|nrrd>``
   class-index volumes (what :func:`~vivim_monai.data.write_phantom_case` writes); grouped by PatientID.
+* ``"vtus"``: the VTUS thyroid ultrasound videos of the Vivim paper: ``Train/<video>/<n>.jpg`` with
+  ``Train_GT/<video>/<n>.png`` (nodule 255), and the same under ``Test``/``Test_GT`` when present -> one entry per
+  video and split folder (``case_id`` ``"<split>/<video>"``, ``split`` ``"Train"``/``"Test"``), grouped by video,
+  frames in numeric order, ``frame_indices`` = the ``n``.
 
 Entry paths are relative to the datalist's ``root`` (itself relative to the datalist file, or replaced at load time,
 e.g. by a bundle's ``dataset_dir``); :func:`load_datalist` makes them absolute again.
+Entries split into temporal blocks (:func:`~vivim_monai.data.assign_temporal_blocks`) lose, on the training side of
+fold k, the ``temporal_guard`` frames next to block k (see :func:`load_datalist`).
 """
 
 from __future__ import annotations
@@ -34,17 +40,30 @@ from vivim_monai.data.dicom import CineReadError, has_dicom_preamble
 from vivim_monai.data.labels import OVARIAN_CLASS_FILES, load_label_cine
 from vivim_monai.io.atomic import atomic_write
 
-__all__ = ["LAYOUTS", "LAYOUT_CLASSES", "PATH_KEYS", "discover_cases", "load_datalist", "write_datalist"]
+__all__ = [
+    "FRAME_KEYS",
+    "LAYOUTS",
+    "LAYOUT_CLASSES",
+    "PATH_KEYS",
+    "discover_cases",
+    "load_datalist",
+    "slice_frames",
+    "write_datalist",
+]
 
-LAYOUTS = ("carotid", "bagls", "ovarian", "dicom")
+LAYOUTS = ("carotid", "bagls", "ovarian", "dicom", "vtus")
 LAYOUT_CLASSES = {
     "carotid": ("background", "lumen"),
     "bagls": ("background", "glottis"),
     "ovarian": ("background", "solid", "non-solid"),
     "dicom": ("background", "solid", "non-solid"),
+    "vtus": ("background", "nodule"),
 }
 #: Entry keys that hold paths (a path or a list of paths).
 PATH_KEYS = ("image", "label", "fan")
+#: Entry keys that may hold one value per frame (lists sliced together by :func:`slice_frames`).
+FRAME_KEYS = ("image", "label", "fan", "frame_indices")
+VTUS_SPLITS = ("Train", "Test")
 _LABEL_SUFFIXES = ("_label.nii.gz", "_label.nii", "_label.mha", "_label.nrrd")
 
 
@@ -110,6 +129,38 @@ def _bagls(root: Path) -> list[dict[str, Any]]:
                 "disorder_status": meta.get("Subject disorder status"),
             }
         )
+    return entries
+
+
+def _frame_number(path: Path) -> int:
+    if not path.stem.isdigit():
+        raise CineReadError(f"{path}: VTUS frame name must be its frame number (e.g. 0001.jpg)")
+    return int(path.stem)
+
+
+def _vtus(root: Path) -> list[dict[str, Any]]:
+    entries = []
+    for split in (s for s in VTUS_SPLITS if (root / s).is_dir()):
+        for video in sorted((p for p in (root / split).iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
+            images = frame_files(video)
+            if not images:
+                continue
+            masks = [root / f"{split}_GT" / video.name / f"{p.stem}.png" for p in images]
+            missing = [str(m) for m in masks if not m.is_file()]
+            if missing:
+                raise CineReadError(f"{missing[0]}: mask missing for its frame ({len(missing)} missing in {video})")
+            entries.append(
+                {
+                    "case_id": f"{split}/{video.name}",
+                    "group": video.name,
+                    "image": _relative(images, root),
+                    "label": _relative(masks, root),
+                    "label_format": "binary",
+                    "frame_order": "temporal",
+                    "frame_indices": [_frame_number(p) for p in images],
+                    "split": split,
+                }
+            )
     return entries
 
 
@@ -214,6 +265,7 @@ def discover_cases(
         "carotid": _carotid,
         "bagls": _bagls,
         "dicom": _dicom,
+        "vtus": _vtus,
         "ovarian": lambda folder: _ovarian(folder, metadata_csv),
     }[layout](root)
     if not entries:
@@ -252,6 +304,40 @@ def write_datalist(
     return document
 
 
+def slice_frames(entry: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """Copy of a frame-list entry keeping frames ``start:stop`` of every per-frame list (:data:`FRAME_KEYS`).
+
+    A list of another length (an ovarian ``fan`` list holds only the frames that have a fan image; its union is the
+    static fan) is kept whole. ``class_frames`` stays only where the slice's counts follow from it (every class
+    present in all or none of the frames); otherwise it is dropped rather than guessed.
+    """
+    if not isinstance(entry.get("image"), list):
+        raise ValueError(f"entry {entry.get('case_id')!r}: frames can only be sliced from a list of frame images")
+    total = len(entry["image"])
+    part = dict(entry)
+    for key in FRAME_KEYS:
+        if isinstance(entry.get(key), list) and len(entry[key]) == total:
+            part[key] = entry[key][start:stop]
+    part["n_frames"] = len(part["image"])
+    counts = part.pop("class_frames", None)
+    if counts is not None and all(c in (0, total) for c in counts):
+        part["class_frames"] = [part["n_frames"] if c else 0 for c in counts]
+    return part
+
+
+def _guard_trimmed(entry: dict[str, Any], fold: int) -> dict[str, Any]:
+    """Training side of ``fold``: a temporal block next to the validation block loses its ``temporal_guard`` frames
+    that border it, so no frame adjacent to a validation frame trains (near-duplicate neighbours leak)."""
+    guard, block = entry.get("temporal_guard", 0), entry.get("block")
+    if block is None or not guard:
+        return entry
+    if block == fold - 1:
+        return slice_frames(entry, 0, len(entry["image"]) - guard)
+    if block == fold + 1:
+        return slice_frames(entry, guard, len(entry["image"]))
+    return entry
+
+
 def _absolute(value: Any, root: Path) -> Any:
     if isinstance(value, list):
         return [str(root / v) for v in value]
@@ -272,7 +358,9 @@ def load_datalist(
         root: data folder overriding the datalist's own ``root`` (e.g. a bundle's ``dataset_dir``).
         fold: fold index (entries carry ``"fold"`` after ``make_folds.py``); None or -1: every entry is training
             data and the validation side is empty (the final retrain on all folds).
-        split: ``"train"`` (fold != ``fold``), ``"val"`` (fold == ``fold``) or ``"all"``.
+        split: ``"train"`` (fold != ``fold``), ``"val"`` (fold == ``fold``) or ``"all"``. Temporal blocks
+            (entries with ``"block"`` and ``"temporal_guard"``) next to block ``fold`` lose their
+            ``temporal_guard`` frames bordering it on the ``"train"`` side only.
         section: datalist section.
     """
     path = Path(path)
@@ -297,5 +385,7 @@ def load_datalist(
                 raise ValueError(f"{path}: entry {entry.get('case_id')} has no 'fold'; run scripts/make_folds.py first")
             if (entry["fold"] == fold) != (split == "val"):
                 continue
+            if split == "train":
+                entry = _guard_trimmed(entry, fold)
         entries.append({k: _absolute(v, base) if k in path_keys and v is not None else v for k, v in entry.items()})
     return entries

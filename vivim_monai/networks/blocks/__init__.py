@@ -1,16 +1,32 @@
-"""Building blocks of Vivim: MiT (SegFormer) stages, ST-Mamba layers and the all-MLP decoder."""
+"""Building blocks of Vivim: frame encoders (MiT, MONAI backbones), ST-Mamba layers and the all-MLP decoder."""
 
+from vivim_monai.networks.blocks.frame_encoders import (
+    HEAD_KEYS,
+    BackboneEncoder,
+    MiTEncoder,
+    StageHook,
+    backbone_names,
+    build_backbone,
+    regroup_efficientnet_keys,
+)
 from vivim_monai.networks.blocks.mit import EfficientSelfAttention, MiTBlock, MixFFN, OverlapPatchEmbed
 from vivim_monai.networks.blocks.segformer_head import SegFormerHead
 from vivim_monai.networks.blocks.st_mamba import DetailSpecificFFN, STMambaLayer, TriDirectionalMamba
 
 __all__ = [
+    "HEAD_KEYS",
+    "BackboneEncoder",
     "DetailSpecificFFN",
     "EfficientSelfAttention",
     "MiTBlock",
+    "MiTEncoder",
     "MixFFN",
     "OverlapPatchEmbed",
     "STMambaLayer",
     "SegFormerHead",
+    "StageHook",
     "TriDirectionalMamba",
+    "backbone_names",
+    "build_backbone",
+    "regroup_efficientnet_keys",
 ]

