@@ -4,6 +4,7 @@
     python scripts/benchmark.py forward   # Vivim inference latency per variant and backend vs spatial-only
     python scripts/benchmark.py memory    # peak inference memory vs clip length, ST-Mamba vs global attention
     python scripts/benchmark.py all       # the three above, in one run
+    python scripts/benchmark.py arms      # the comparison's networks (configs/*.json overlays): frames/s, parameters
     python scripts/benchmark.py decode    # DICOM decoding: load_cine vs raw pydicom (../shared/data/dicom-cine)
     python scripts/benchmark.py export    # exported Vivim (TorchScript, torch.export, ONNX Runtime) vs eager PyTorch
 
@@ -168,6 +169,39 @@ def bench_forward(args: argparse.Namespace) -> None:
                     f"| {variant} autocast {str(dtype).split('.')[-1]} | {params:.2f} | {backends[0]} | "
                     f"{median:.3f} | {args.frames / median:.2f} | - |"
                 )
+    print()
+
+
+# ----------------------------------------------------------------------------------------------------------- arms
+def network_from_overlay(overlay: str, in_channels: int = 3, num_classes: int = 2) -> nn.Module:
+    """The ``network_def`` of a network overlay (``configs/<name>.json``) on top of the bundle's train.json."""
+    from monai.bundle import ConfigParser
+
+    from vivim_monai.bundle_cli import BUNDLE_DIR
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_DIR / "configs" / "train.json"), overlay])
+    parser["in_channels"], parser["class_names"] = in_channels, [f"class {k}" for k in range(num_classes)]
+    return parser.get_parsed_content("network_def")
+
+
+def bench_arms(args: argparse.Namespace) -> None:
+    """Latency of each comparison arm at one clip size, and its ratio to the first arm (all in one run)."""
+    device = torch.device(args.device)
+    x = torch.randn(1, 3, args.size, args.size, args.frames, device=device)
+    print(f"### Comparison networks, inference of a 1 x 3 x {args.size} x {args.size} x {args.frames} clip, fp32\n")
+    print("| network (overlay) | params (M) | latency (s) | frames/s | frames/s vs first row |")
+    print("|---|---|---|---|---|")
+    first = None
+    for overlay in args.overlays:
+        torch.manual_seed(0)
+        net = network_from_overlay(overlay).to(device).eval()
+        with torch.inference_mode():
+            median = time_call(lambda: net(x), args.repeats, device)
+        first = first or median
+        params = sum(p.numel() for p in net.parameters()) / 1e6
+        name = os.path.splitext(os.path.basename(overlay))[0]
+        print(f"| {name} | {params:.2f} | {median:.3f} | {args.frames / median:.2f} | {first / median:.2f}x |")
     print()
 
 
@@ -385,7 +419,7 @@ def main() -> None:
     memory = sub.add_parser("memory", help="peak inference memory versus clip length")
     everything = sub.add_parser("all", help="scan, forward and memory")
     for p in (forward, everything):
-        p.add_argument("--variants", nargs="+", default=["b0", "b3"])
+        p.add_argument("--variants", nargs="+", default=["lite0", "b0", "b3"])
         p.add_argument("--backends", nargs="+", default=None, help="default: every backend available here")
         p.add_argument("--frames", type=int, default=5)
         p.add_argument("--size", type=int, default=256)
@@ -394,6 +428,18 @@ def main() -> None:
         p.add_argument("--lengths", nargs="+", type=int, default=[8, 16, 32, 64])
         p.add_argument("--memory-size", dest="size_memory", type=int, default=256)
         p.add_argument("--attention-budget-gb", type=float, default=12.0)
+    arms = sub.add_parser("arms", help="the comparison's networks, built from their config overlays")
+    arms.add_argument(
+        "--overlays",
+        nargs="+",
+        default=[
+            os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.json")
+            for name in ("vivim_b0", "vivim_lite0", "vivim_lite0_spatial_only", "flexunet_lite0")
+            + ("per_frame_unet_small", "vivim_tiny")
+        ],
+    )
+    arms.add_argument("--frames", type=int, default=5)
+    arms.add_argument("--size", type=int, default=256)
     decode = sub.add_parser("decode", help="DICOM decoding: load_cine versus raw pydicom")
     decode.add_argument(
         "--folder", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dicom-cine")
@@ -417,6 +463,8 @@ def main() -> None:
         bench_scan(args)
     if args.command in ("forward", "all"):
         bench_forward(args)
+    if args.command == "arms":
+        bench_arms(args)
     if args.command in ("memory", "all"):
         args.size = args.size_memory
         bench_memory(args)

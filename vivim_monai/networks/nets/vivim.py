@@ -34,7 +34,8 @@ __all__ = ["VIVIM_KEY_RULES", "VIVIM_VARIANTS", "Vivim", "remap_state_dict"]
 _MIT_WIDE = {"embed_dims": (64, 128, 320, 512), "num_heads": (1, 2, 5, 8), "sr_ratios": (8, 4, 2, 1)}
 #: Named configurations. b0-b3 are the MiT encoders of SegFormer (b3 is the Vivim paper's); ``tiny`` is a
 #: CPU-friendly MiT for tests and quick experiments; ``lite0`` is EfficientNet-Lite0 (ImageNet weights with
-#: ``pretrained=True``) under one ST-Mamba layer per stage, the CPU default.
+#: ``pretrained=True``) with one ST-Mamba layer after stages 2-4 (the stride-4 layer would cost as much as the
+#: other three together on a CPU; see docs/performance.md) and a 64-wide decoder, the CPU default.
 VIVIM_VARIANTS: dict[str, dict[str, Any]] = {
     "tiny": {
         "encoder": "mit",
@@ -59,7 +60,7 @@ VIVIM_VARIANTS: dict[str, dict[str, Any]] = {
     "b1": {"encoder": "mit", **_MIT_WIDE, "depths": (2, 2, 2, 2), "mamba_depths": (2, 2, 2, 2), "decoder_dim": 256, "drop_path_rate": 0.1},
     "b2": {"encoder": "mit", **_MIT_WIDE, "depths": (3, 4, 6, 3), "mamba_depths": (2, 2, 2, 2), "decoder_dim": 768, "drop_path_rate": 0.1},
     "b3": {"encoder": "mit", **_MIT_WIDE, "depths": (3, 4, 18, 3), "mamba_depths": (2, 2, 2, 2), "decoder_dim": 768, "drop_path_rate": 0.1},
-    "lite0": {"encoder": "efficientnet-lite0", "mamba_depths": (1, 1, 1, 1), "decoder_dim": 128, "drop_path_rate": 0.2},
+    "lite0": {"encoder": "efficientnet-lite0", "mamba_depths": (0, 1, 1, 1), "decoder_dim": 64, "drop_path_rate": 0.2},
 }
 SPATIAL_MULTIPLE = 32
 #: Public Vivim code (Lightning ``model.`` prefix, ``encoder.downsample_layers``, ``encoder.stages.i.j.0``,
