@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds.update({k: done[k] for k in (f"train_fold_{fold}", f"evaluate_fold_{fold}") if k in done})
         else:
             seconds[f"train_fold_{fold}"] = run_bundle(f"train fold {fold}", bundle_command(bundle, train, run))
-            seconds[f"evaluate_fold_{fold}"] = run_bundle(f"evaluate fold {fold}", bundle_command(bundle, evaluate, run))
+            seconds[f"evaluate_fold_{fold}"] = run_bundle(
+                f"evaluate fold {fold}", bundle_command(bundle, evaluate, run)
+            )
             _write_timing(output, seconds, overlays, overrides)
         summaries[fold] = json.loads(summary.read_text())
     if args.final:

@@ -133,7 +133,9 @@ def test_black_box_backbone_hook_follows_and_local_weights_load(tmp_path):
     for a, b in zip(plain, doubled):
         torch.testing.assert_close(b, 2 * a)
     torch.save(encoder.backbone.state_dict(), tmp_path / "resnet10.pt")
-    net = Vivim(variant="tiny", encoder="resnet10", in_channels=1, out_channels=2, encoder_weights=tmp_path / "resnet10.pt")
+    net = Vivim(
+        variant="tiny", encoder="resnet10", in_channels=1, out_channels=2, encoder_weights=tmp_path / "resnet10.pt"
+    )
     assert torch.equal(net.encoder.backbone.conv1.weight, encoder.backbone.conv1.weight)
     with torch.no_grad():
         assert net(torch.randn(1, 1, 64, 64, 3)).shape == (1, 2, 64, 64, 3)

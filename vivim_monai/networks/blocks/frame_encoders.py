@@ -28,7 +28,13 @@ from vivim_monai.networks.weights import PACKAGED_WEIGHTS, checkpoint_state, loa
 
 __all__ = [
     "HEAD_KEYS",
-    "BackboneEncoder", "MiTEncoder", "StageHook", "backbone_names", "build_backbone", "regroup_efficientnet_keys"]
+    "BackboneEncoder",
+    "MiTEncoder",
+    "StageHook",
+    "backbone_names",
+    "build_backbone",
+    "regroup_efficientnet_keys",
+]
 
 #: ``after_stage(stage_index, feature_map) -> feature_map``
 StageHook = Callable[[int, torch.Tensor], torch.Tensor]

@@ -13,7 +13,6 @@ TensorFlow "same" padding is computed for ``image_size``; any size that is a mul
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -176,7 +175,9 @@ class EfficientNetLiteEncoder(EfficientNetLite, BaseEncoder):
 
     @classmethod
     def get_encoder_parameters(cls) -> list[dict[str, Any]]:
-        return [{"model_name": name, "pretrained": False, "spatial_dims": 2, "in_channels": 3} for name in EFFICIENTNET_LITE]
+        return [
+            {"model_name": name, "pretrained": False, "spatial_dims": 2, "in_channels": 3} for name in EFFICIENTNET_LITE
+        ]
 
     @classmethod
     def num_channels_per_output(cls) -> list[tuple[int, ...]]:

@@ -57,9 +57,30 @@ VIVIM_VARIANTS: dict[str, dict[str, Any]] = {
         "decoder_dim": 256,
         "drop_path_rate": 0.1,
     },
-    "b1": {"encoder": "mit", **_MIT_WIDE, "depths": (2, 2, 2, 2), "mamba_depths": (2, 2, 2, 2), "decoder_dim": 256, "drop_path_rate": 0.1},
-    "b2": {"encoder": "mit", **_MIT_WIDE, "depths": (3, 4, 6, 3), "mamba_depths": (2, 2, 2, 2), "decoder_dim": 768, "drop_path_rate": 0.1},
-    "b3": {"encoder": "mit", **_MIT_WIDE, "depths": (3, 4, 18, 3), "mamba_depths": (2, 2, 2, 2), "decoder_dim": 768, "drop_path_rate": 0.1},
+    "b1": {
+        "encoder": "mit",
+        **_MIT_WIDE,
+        "depths": (2, 2, 2, 2),
+        "mamba_depths": (2, 2, 2, 2),
+        "decoder_dim": 256,
+        "drop_path_rate": 0.1,
+    },
+    "b2": {
+        "encoder": "mit",
+        **_MIT_WIDE,
+        "depths": (3, 4, 6, 3),
+        "mamba_depths": (2, 2, 2, 2),
+        "decoder_dim": 768,
+        "drop_path_rate": 0.1,
+    },
+    "b3": {
+        "encoder": "mit",
+        **_MIT_WIDE,
+        "depths": (3, 4, 18, 3),
+        "mamba_depths": (2, 2, 2, 2),
+        "decoder_dim": 768,
+        "drop_path_rate": 0.1,
+    },
     "lite0": {"encoder": "efficientnet-lite0", "mamba_depths": (0, 1, 1, 1), "decoder_dim": 64, "drop_path_rate": 0.2},
 }
 SPATIAL_MULTIPLE = 32
@@ -181,7 +202,10 @@ class Vivim(nn.Module):
                 )
             mit = VIVIM_VARIANTS[variant if base["encoder"] == "mit" else "b0"]
             self.encoder: nn.Module = MiTEncoder(
-                self.in_channels, *self._mit_arguments(mit, embed_dims, depths, num_heads, sr_ratios), mlp_ratio, drop_path
+                self.in_channels,
+                *self._mit_arguments(mit, embed_dims, depths, num_heads, sr_ratios),
+                mlp_ratio,
+                drop_path,
             )
         else:
             self.encoder = BackboneEncoder(self.encoder_name, self.in_channels, pretrained, encoder_weights, drop_path)
@@ -232,12 +256,11 @@ class Vivim(nn.Module):
         return dims, depths_, heads, srs
 
     def _init_spatial_weights(self, include_encoder: bool) -> None:
-        """SegFormer's init for the MiT encoder, decoder and heads (Mamba layers and backbones initialise
-        themselves)."""
-        modules = [self.decoder, self.out, self.edge_head] + ([self.encoder] if include_encoder else [])
+        """SegFormer's init for the MiT encoder and the decoder (Mamba layers and backbones initialise themselves);
+        the 1x1 classifiers get N(0, 0.01) like SegFormer's decode head (mmseg ``conv_seg``): the fan-out rule of
+        the encoder convs would give them std sqrt(2 / K), logits of magnitude ~10 and a slow first epoch."""
+        modules = [self.decoder] + ([self.encoder] if include_encoder else [])
         for module in modules:
-            if module is None:
-                continue
             for m in module.modules():
                 if isinstance(m, nn.Linear):
                     nn.init.trunc_normal_(m.weight, std=0.02)
@@ -247,6 +270,10 @@ class Vivim(nn.Module):
                     nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
+        for classifier in (self.out, self.edge_head):
+            if classifier is not None:
+                nn.init.normal_(classifier.weight, 0.0, 0.01)
+                nn.init.zeros_(classifier.bias)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` naming the problem when ``x`` is not a (B, C, H, W, T) clip this network takes."""
