@@ -1,20 +1,23 @@
-"""Compare Vivim with the per-frame baseline and the spatial-only ablation on one dataset, end to end.
+"""Compare Vivim with and without time and with per-frame networks on one dataset, end to end.
 
     python scripts/compare_models.py ../shared/data/carotid-us --layout carotid --dataset-config configs/carotid.json \\
         --output runs/compare/carotid --folds 4
     python scripts/compare_models.py ../shared/data/bagls --layout bagls --attribute camera \\
-        --dataset-config configs/bagls.json --output runs/compare/bagls --folds 4
-    python scripts/compare_models.py ../shared/data/vtus --layout vtus --dataset-config <VTUS overlay>.json \\
+        --dataset-config configs/bagls.json --output runs/compare/bagls --folds 3
+    python scripts/compare_models.py ../shared/data/vtus --layout vtus --dataset-config configs/vtus.json \\
         --output runs/compare/vtus --temporal-blocks 3 --guard 3
 
 Steps: the datalist and its stratified group folds (``<output>/datalist_folds.json``; with ``--temporal-blocks N``
 instead every video cut into N contiguous blocks, block k validating fold k and the ``--guard`` frames next to it
-never training: for one or few videos such as VTUS); for every model overlay (default ``configs/vivim_tiny.json``,
-``configs/vivim_tiny_spatial_only.json``, ``configs/per_frame_unet_small.json``) the same k-fold cross-validation
-through the bundle (``scripts/cross_validate.py``: same data, augmentation, epochs); then the comparison report
-(``vivim_monai.experiments``): tables per fold and mean ± sd, training curves and example overlays as PNG, in
-``<output>/report``. A model whose ``cv_summary.csv`` exists is not re-run (``--rerun`` forces it);
-``--report-only`` just rebuilds the report. Nothing here is specific to one dataset.
+never training: for one or few videos such as VTUS); for every model overlay (default :data:`DEFAULT_MODELS`: Vivim
+on pretrained EfficientNet-Lite0, the same network without its ST-Mamba layers, MONAI's FlexibleUNet on the same
+encoder, and the from-scratch per-frame UNet and Vivim-tiny) the same k-fold cross-validation through the bundle
+(``scripts/cross_validate.py``: same data, augmentation, epochs); then the comparison report
+(``vivim_monai.experiments``): tables per fold and mean ± sd, paired differences, the per-case table of the
+with-time / without-time pair, training curves and example overlays as PNG, in ``<output>/report``. A model whose
+``cv_summary.csv`` exists is not re-run and finished folds are kept (``--rerun`` repeats them); ``--final MODEL``
+also retrains MODEL on every fold (``<output>/MODEL/final``, the weights to release); ``--report-only`` just rebuilds
+the report. Nothing here is specific to one dataset.
 """
 
 from __future__ import annotations
@@ -35,7 +38,16 @@ from vivim_monai.data import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = ("vivim_tiny", "vivim_tiny_spatial_only", "per_frame_unet_small")
+#: The comparison arms: Vivim on pretrained EfficientNet-Lite0, the same network without time, MONAI's FlexibleUNet on
+#: the same pretrained encoder (per frame), and the from-scratch references (per-frame UNet, Vivim-tiny).
+DEFAULT_MODELS = (
+    "vivim_lite0",
+    "vivim_lite0_spatial_only",
+    "flexunet_lite0",
+    "per_frame_unet_small",
+    "vivim_tiny",
+)
+DEFAULT_PAIR = ("vivim_lite0", "vivim_lite0_spatial_only")
 
 
 def make_folded_datalist(
@@ -77,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="network overlays in configs/")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override for all")
+    parser.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        metavar=("WITH_TIME", "WITHOUT_TIME"),
+        help="per-case paired table of two models (default: " + " vs ".join(DEFAULT_PAIR) + " when both run)",
+    )
+    parser.add_argument("--final", nargs="+", default=[], metavar="MODEL", help="also retrain these on every fold")
     parser.add_argument("--rerun", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
@@ -86,10 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     for model in [] if args.report_only else args.models:
         run = output / model
-        if (run / "cv_summary.csv").is_file() and not args.rerun:
+        final = model in args.final and not (run / "final" / "models" / "model.pt").is_file()
+        if (run / "cv_summary.csv").is_file() and not args.rerun and not final:
             print(f"{model}: already cross-validated in {run}")
             continue
         command = [sys.executable, str(REPO / "scripts" / "cross_validate.py"), str(datalist), "--output", str(run)]
+        command += ["--final"] if final else []
+        command += ["--rerun"] if args.rerun else []
         command += [
             "--config",
             str(Path(args.dataset_config).resolve()),
@@ -101,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(command, check=True)
     from vivim_monai.experiments import write_comparison
 
-    report = write_comparison(output, args.models, dataset_config=Path(args.dataset_config).resolve())
+    pairs = [tuple(p) for p in args.pair] if args.pair else [DEFAULT_PAIR]
+    report = write_comparison(output, args.models, dataset_config=Path(args.dataset_config).resolve(), case_pairs=pairs)
     print(report.read_text())
     return 0
 

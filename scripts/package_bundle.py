@@ -8,8 +8,9 @@ MONAI and the packages listed in ``metadata.json`` installed (Model Zoo conventi
 from the bundle folder). Tests stay outside the bundle, as the Model Zoo keeps them in ``ci/unit_tests``: the
 zoo-style unit test and the zoo checks are ``scripts/zoo_unit_test.py`` and ``scripts/verify_bundle.py``.
 
-Weights (``--weights``) become ``models/model.pt``; if larger than the zoo's 1 MB git limit they are listed in
-``large_files.yml`` (with their sha256 and ``--weights-url``), as the Model Zoo expects for large files.
+Weights (``--weights``) become ``models/model.pt``; the released models of ``bundle/models/released.json`` are
+copied with it (their overlays are configs). Weight files larger than the zoo's 1 MB git limit are listed in
+``large_files.yml`` (with their sha256 and, for ``model.pt``, ``--weights-url``), as the Model Zoo expects.
 
 The folder is assembled under a temporary name next to the output and renamed into place; the zip is written
 atomically. Nothing in ``bundle/`` is modified.
@@ -159,22 +160,41 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def add_weights(bundle: Path, weights: Path, url: str | None) -> None:
-    """Copy ``weights`` to ``models/model.pt``; above 1 MB also list it in ``large_files.yml`` (zoo large files)."""
+def add_weights(bundle: Path, weights: Path) -> None:
+    """Copy ``weights`` to ``models/model.pt``."""
     if not weights.is_file():
         raise SystemExit(f"{weights}: no such weights file")
-    target = bundle / "models" / "model.pt"
-    shutil.copyfile(weights, target)
-    if target.stat().st_size > MAX_FILE_BYTES:
-        link = url or "<public direct download URL of models/model.pt>"
-        (bundle / "large_files.yml").write_text(
-            "large_files:\n"
-            '  - path: "models/model.pt"\n'
-            f'    url: "{link}"\n'
-            f'    hash_val: "{sha256(target)}"\n'
-            '    hash_type: "sha256"\n',
-            encoding="utf-8",
-        )
+    shutil.copyfile(weights, bundle / "models" / "model.pt")
+
+
+def add_released_models(source_bundle: Path, bundle: Path) -> list[str]:
+    """Copy the released weights listed in ``models/released.json`` (their overlays are among the configs)."""
+    manifest = source_bundle / "models" / "released.json"
+    if not manifest.is_file():
+        return []
+    shutil.copyfile(manifest, bundle / "models" / manifest.name)
+    copied = []
+    for name, entry in json.loads(manifest.read_text()).items():
+        source = source_bundle / entry["file"]
+        if not source.is_file():
+            raise SystemExit(f"{source}: released model {name!r} is listed in {manifest} but its file is missing")
+        shutil.copyfile(source, bundle / entry["file"])
+        copied.append(entry["file"])
+    return copied
+
+
+def write_large_files(bundle: Path, urls: dict[str, str]) -> None:
+    """List every weight file over the zoo's 1 MB git limit in ``large_files.yml`` (path, URL, sha256)."""
+    large = sorted(p for p in (bundle / "models").glob("*.pt") if p.stat().st_size > MAX_FILE_BYTES)
+    if not large:
+        return
+    lines = ["large_files:"]
+    for path in large:
+        relative = path.relative_to(bundle).as_posix()
+        link = urls.get(relative) or f"<public direct download URL of {relative}>"
+        lines += [f'  - path: "{relative}"', f'    url: "{link}"', f'    hash_val: "{sha256(path)}"']
+        lines += ['    hash_type: "sha256"']
+    (bundle / "large_files.yml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def build_bundle(source_bundle: Path, destination: Path, weights: Path | None = None, url: str | None = None) -> dict:
@@ -194,9 +214,11 @@ def build_bundle(source_bundle: Path, destination: Path, weights: Path | None = 
         shutil.copyfile(model_file, destination / "models" / model_file.name)
     shutil.copyfile(source_bundle / "LICENSE", destination / "LICENSE")
     files = vendor_package(REPO_ROOT, modules, destination / VENDORED)
+    released = add_released_models(source_bundle, destination)
     if weights is not None:
-        add_weights(destination, weights, url)
-    return {"modules": sorted(modules), "files": files}
+        add_weights(destination, weights)
+    write_large_files(destination, {"models/model.pt": url} if url else {})
+    return {"modules": sorted(modules), "files": files, "released": released}
 
 
 def write_zip(folder: Path, path: Path) -> None:

@@ -288,3 +288,31 @@ def test_frame_dice_counts_foreground_classes_only():
     half[2:4, 2:6] = 0
     assert math.isclose(frame_dice(half, truth), 2 * 8 / (8 + 16))
     assert math.isnan(frame_dice(np.zeros_like(truth), np.zeros_like(truth)))
+
+
+def _write_fold_tables(folder: Path, cases: dict[str, list[float]]) -> None:
+    """``eval/metrics_per_video.csv`` / ``metrics_per_frame.csv`` with the given per-frame lumen Dice per case."""
+    (folder / "eval").mkdir(parents=True)
+    (folder / "eval" / "metrics_summary.json").write_text(json.dumps(summary(NUMBERS["vivim_tiny"][0])))
+    with open(folder / "eval" / "metrics_per_video.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case_id", "n_frames", "frame_order", "dice_background", "dice_lumen", "dice_fg_mean"])
+        for case, values in cases.items():
+            finite = [v for v in values if not math.isnan(v)]
+            writer.writerow([case, len(values), "temporal", 0.99, sum(finite) / len(finite), sum(finite) / len(finite)])
+    with open(folder / "eval" / "metrics_per_frame.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case_id", "frame", "dice_background", "dice_lumen"])
+        for case, values in cases.items():
+            writer.writerows([case, frame, 0.99, value] for frame, value in enumerate(values))
+
+
+def test_paired_cases_table_counts_frames_better_tied_worse(tmp_path):
+    from vivim_monai.experiments.cases import paired_cases_markdown
+
+    _write_fold_tables(tmp_path / "with" / "fold_0", {"a": [0.9, 0.8, 0.7], "b": [0.5, float("nan")]})
+    _write_fold_tables(tmp_path / "without" / "fold_0", {"a": [0.8, 0.8, 0.9], "b": [0.6, 0.4]})
+    text = paired_cases_markdown(load_run(tmp_path / "with", "with"), load_run(tmp_path / "without", "without"))
+    assert "| 0 | a | 3 | 0.800 | 0.833 | -0.033 | 1 / 1 / 1 |" in text
+    assert "| 0 | b | 2 | 0.500 | 0.500 | +0.000 | 0 / 0 / 1 |" in text  # the NaN frame counts nowhere
+    assert "All frames: with better in 1, tied (±0.005) in 1, worse in 2." in text

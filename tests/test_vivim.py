@@ -201,7 +201,11 @@ def test_upstream_and_segformer_checkpoints_load(tmp_path):
 
     # a Hugging Face SegFormer checkpoint initialises only the encoder and decoder
     segformer = {
-        "segformer.encoder." + k[len("encoder.") :] if k.startswith("encoder.") else "decode_head." + k[len("decoder.") :]: v
+        (
+            "segformer.encoder." + k[len("encoder.") :]
+            if k.startswith("encoder.")
+            else "decode_head." + k[len("decoder.") :]
+        ): v
         for k, v in state.items()
         if k.startswith(("encoder.", "decoder."))
     }

@@ -5,7 +5,8 @@
 1. writes synthetic ultrasound phantoms (:func:`~vivim_monai.data.write_phantom_case`: Ultrasound Multi-frame DICOM
    with 3-class NIfTI labels) and their datalist with cross-validation folds into ``<output>/data``, plus one
    held-out phantom into ``<output>/test``;
-2. trains a small Vivim on fold 0 with ``python -m monai.bundle run`` over ``bundle/configs/train.json``;
+2. trains the bundle's default network (``network_def`` of ``bundle/configs/train.json``, or ``--network`` overlay)
+   on fold 0 with ``python -m monai.bundle run`` and says which weights it started from and which it wrote;
 3. evaluates the best checkpoint on the validation fold in original frame geometry (``train.json`` +
    ``evaluate.json``) and prints Dice per class;
 4. runs ``inference.json`` on the held-out phantom and on pydicom's real 30-frame echo cine (``ybr_color``), writing
@@ -21,11 +22,13 @@ import json
 import time
 from pathlib import Path
 
+from monai.bundle import ConfigParser
 from pydicom import examples
 
 from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command, run_bundle
 from vivim_monai.data import make_phantom_data
-from vivim_monai.networks import VIVIM_VARIANTS
+from vivim_monai.networks import frame_encoder
+from vivim_monai.networks.weights import PACKAGED_WEIGHTS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,13 +37,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cases", type=int, default=8, help="phantom cines for training and validation")
     parser.add_argument("--frames", type=int, default=20, help="frames per phantom cine")
     parser.add_argument("--folds", type=int, default=4, help="cross-validation folds (fold 0 is trained)")
-    parser.add_argument("--variant", default="tiny", choices=sorted(VIVIM_VARIANTS), help="Vivim variant")
+    parser.add_argument("--network", help="network overlay (e.g. configs/vivim_b0.json); default: the bundle's own")
     parser.add_argument("--size", type=int, default=128, help="frames are resized to size x size (multiple of 32)")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--bundle", default=str(BUNDLE_DIR), help="bundle folder (configs/)")
     return parser.parse_args(argv)
+
+
+def describe_start(bundle: Path, configs: list[str]) -> str:
+    """The network the training builds and the weights it starts from (a packaged ImageNet file, or random)."""
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / c) if not Path(c).is_absolute() else c for c in configs])
+    network = parser.get_parsed_content("network_def")
+    encoder = frame_encoder(network)
+    source = getattr(encoder, "weights_source", None)
+    name = type(network).__name__ + (f"({network.variant!r})" if hasattr(network, "variant") else "")
+    if source is None:
+        return f"{name}, every weight random"
+    packaged = next((p for p in PACKAGED_WEIGHTS.values() if source.endswith(p.path)), None)
+    origin = f" ({packaged.description}; pip package {packaged.distribution}, {packaged.licence})" if packaged else ""
+    return f"{name}, encoder initialised from {source}{origin}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,12 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     datalist = make_phantom_data(root, args.cases, args.frames, args.folds)
     print(f"data      {args.cases} phantom cines of {args.frames} frames + 1 held-out -> {datalist}")
-    common = {
-        "bundle_root": str(root),
-        "dataset_dir": str(root / "data"),
-        "spatial_size": [args.size, args.size],
-        "network_def#variant": args.variant,
-    }
+    common = {"bundle_root": str(root), "dataset_dir": str(root / "data"), "spatial_size": [args.size, args.size]}
+    overlay = [str(Path(args.network).resolve())] if args.network else []
     training = {
         **common,
         "fold": 0,
@@ -65,27 +79,31 @@ def main(argv: list[str] | None = None) -> dict:
         "learning_rate": args.learning_rate,
         "max_numerosity": 3,
     }
-    seconds = {"train": run_bundle("train (fold 0)", bundle_command(bundle, ["train.json"], training))}
+    start = describe_start(bundle, ["train.json", *overlay])
+    print(f"network   {start}")
+    seconds = {"train": run_bundle("train (fold 0)", bundle_command(bundle, ["train.json", *overlay], training))}
     evaluation = {**common, "fold": 0, "output_dir": str(root / "eval")}
     seconds["evaluate"] = run_bundle(
         "evaluate (validation fold, original geometry)",
-        bundle_command(bundle, ["train.json", "evaluate.json"], evaluation),
+        bundle_command(bundle, ["train.json", *overlay, "evaluate.json"], evaluation),
     )
     summary = json.loads((root / "eval" / "metrics_summary.json").read_text())
     inputs = [str(root / "test" / "heldout.dcm"), str(examples.get_path("ybr_color"))]
     inference = {**common, "input_files": inputs, "output_dir": str(root / "outputs")}
     seconds["inference"] = run_bundle(
-        "inference (held-out phantom, real echo)", bundle_command(bundle, ["inference.json"], inference)
+        "inference (held-out phantom, real echo)", bundle_command(bundle, ["inference.json", *overlay], inference)
     )
     total = time.perf_counter() - started
     dice = summary["by_frame"]["dice"]
     print("\nDice per class (validation fold, per-frame mean): " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+    print(f"weights   started from: {start}")
+    print(f"          trained on phantom fold 0 ({args.epochs} epochs): {root / 'models' / 'model.pt'}")
     print(f"outputs   {root / 'outputs'}")
     for path in sorted((root / "outputs").rglob("*")):
         if path.is_file():
             print(f"          {path.relative_to(root)}")
     print(f"time      {total:.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})")
-    return {"summary": summary, "seconds": seconds, "total_seconds": total, "root": str(root)}
+    return {"summary": summary, "seconds": seconds, "total_seconds": total, "root": str(root), "start": start}
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from vivim_monai.experiments.cases import paired_cases_markdown
 from vivim_monai.experiments.curves import fold_curves, write_training_curves
 from vivim_monai.experiments.examples import write_examples
 from vivim_monai.experiments.runs import ModelRun, count_parameters, load_run, model_parser
@@ -47,12 +48,15 @@ def write_comparison(
     reference: str | None = None,
     examples: bool = True,
     example_fold: int = 0,
+    case_pairs: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Write ``<output>/report/``: ``comparison.md`` / ``comparison.csv`` (mean ± sd over folds, per-fold table,
     winner on foreground Dice, paired differences of ``reference`` (default: the first model) to every other
     model), ``training_curves.png`` and, with ``examples``, ``examples.png`` (fold ``example_fold``'s first
     validation case through each model's checkpoint). ``output`` holds ``<model>/`` folders from
-    ``scripts/cross_validate.py`` and ``datalist_folds.json``. Returns the path of ``comparison.md``."""
+    ``scripts/cross_validate.py`` and ``datalist_folds.json``. ``case_pairs`` adds, per ``(first, second)`` pair of
+    model names (e.g. with time, without time), the per-case and per-frame paired Dice table. Returns the path of
+    ``comparison.md``."""
     output = Path(output)
     report = output / "report"
     dataset_config = Path(dataset_config) if dataset_config is not None else None
@@ -69,8 +73,12 @@ def write_comparison(
     write_training_curves(report / "training_curves.png", curves)
     name, description = _dataset_line(output, dataset_config)
     lines = [f"# Model comparison: {name}", "", description, "", f"## {name}", ""]
+    lines += [comparison_markdown(stats, reference)]
+    by_name = {run.name: run for run in runs}
+    for first, second in case_pairs:
+        if first in by_name and second in by_name:
+            lines += [paired_cases_markdown(by_name[first], by_name[second])]
     lines += [
-        comparison_markdown(stats, reference),
         "## Training curves",
         "",
         "![training curves](training_curves.png)",

@@ -162,6 +162,10 @@ class BackboneEncoder(nn.Module):
         super().__init__()
         self.name = name
         self.backbone, channels = build_backbone(name, in_channels, pretrained, weights)
+        #: the file the encoder's weights came from (a packaged ImageNet file, a local file), None when random
+        self.weights_source = getattr(self.backbone, "weights_source", None) or (
+            os.fspath(weights) if weights else None
+        )
         if drop_connect_rate is not None and isinstance(self.backbone, EfficientNet):
             blocks = [block for stack in self.backbone._blocks for block in stack]
             for index, block in enumerate(blocks):  # linear over the blocks, as MONAI's constructor

@@ -104,6 +104,7 @@ class EfficientNetLite(EfficientNet):
             drop_connect_rate=drop_connect_rate,
         )
         self.model_name = model_name
+        self.weights_source: str | None = None  # the file the pretrained weights came from
         self.set_swish()
         if pretrained:
             self.load_pretrained()
@@ -130,6 +131,7 @@ class EfficientNetLite(EfficientNet):
             state = {k: v for k, v in state.items() if not k.startswith("_fc.")}  # a new classifier
             may_miss = [r"^_fc\."]
         load_state(self, state, source, may_miss=may_miss)
+        self.weights_source = str(source)
 
 
 class EfficientNetLiteEncoder(EfficientNetLite, BaseEncoder):
