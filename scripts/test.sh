@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv with the test tools and run the whole test suite (what CI runs).
+# Set up .venv with the test tools (and, as root, the DICOM validator dciodvfy: see setup_env.sh) and run the whole
+# test suite (what CI runs).
 # Extra arguments go to pytest (e.g. -m "not slow" for the quick subset).
 set -euo pipefail
 cd "$(dirname "$0")/.."

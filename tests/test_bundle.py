@@ -71,7 +71,8 @@ def test_inference_outputs_for_phantom_and_real_echo(bundle_run):
     for source in bundle_run["sources"]:
         stem = Path(source).stem
         files = {p.name for p in (out / stem).iterdir()}
-        assert files == {f"{stem}_seg.nii.gz", f"{stem}_seg.dcm", f"{stem}_overlay.gif", f"{stem}_areas.csv"}
+        ends = ("_seg.nii.gz", "_seg.dcm", "_overlay.gif", "_areas.csv", "_areas.png")
+        assert files == {f"{stem}{end}" for end in ends}
         cine = load_cine(source)
         labels = np.asarray(nib.load(out / stem / f"{stem}_seg.nii.gz").dataobj)
         assert labels.shape == tuple(cine.shape[1:]), "labels in the source geometry, every frame"

@@ -65,3 +65,17 @@ def test_metadata_matches_network_and_pins():
     assert meta["numpy_version"] == pins["numpy"]
     for name, version in meta["required_packages_version"].items():
         assert pins.get(name) == version, f"{name} pinned {pins.get(name)} in requirements.txt, {version} in metadata"
+
+
+def test_bundle_command_values_reach_monai_bundle_run_typed():
+    """``monai.bundle run`` parses its arguments with fire: a boolean, None or a list must arrive as one, not as
+    the string ``'false'`` (JSON) — an ``amp=False`` override once switched AMP on."""
+    from fire.parser import DefaultParseValue
+
+    from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command
+
+    values = {"amp": False, "resume_checkpoint": None, "spatial_size": [256, 128], "lr": 0.5, "n": {"a": True}}
+    command = bundle_command(BUNDLE_DIR, ["train.json"], {**values, "bundle_root": "/tmp/x"})
+    for key, value in values.items():
+        assert DefaultParseValue(command[command.index(f"--{key}") + 1]) == value
+    assert command[command.index("--bundle_root") + 1] == "/tmp/x"

@@ -17,5 +17,6 @@ def test_main_job_trains_evaluates_and_writes_outputs(tmp_path, capsys):
     assert set(result["summary"]["by_frame"]["dice"]) == {"background", "solid", "non-solid", "foreground_mean"}
     for case in ("heldout", "examples_ybr_color"):
         written = sorted(p.name for p in (tmp_path / "outputs" / case).iterdir())
-        assert written == [f"{case}_areas.csv", f"{case}_overlay.gif", f"{case}_seg.dcm", f"{case}_seg.nii.gz"]
+        ends = ("_areas.csv", "_areas.png", "_overlay.gif", "_seg.dcm", "_seg.nii.gz")
+        assert written == [f"{case}{end}" for end in ends]
     assert set(result["seconds"]) == {"train", "evaluate", "inference"}

@@ -260,7 +260,7 @@ def test_case_outputs_from_the_original_cine(tmp_path, caplog):
 
     folder = tmp_path / "out" / "case0"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        f"case0{e}" for e in ("_seg.nii.gz", "_seg.dcm", "_overlay.gif", "_areas.csv")
+        f"case0{e}" for e in ("_seg.nii.gz", "_seg.dcm", "_overlay.gif", "_areas.csv", "_areas.png")
     )
     np.testing.assert_array_equal(load_cine(folder / "case0_seg.nii.gz")[0].numpy(), label.numpy())
     np.testing.assert_array_equal(read_dicom_seg_labels(folder / "case0_seg.dcm"), label.numpy())
@@ -270,14 +270,15 @@ def test_case_outputs_from_the_original_cine(tmp_path, caplog):
     assert len(areas) == 6 and areas[0]["time_ms"] == "0.0000" and areas[1]["time_ms"] == "40.0000"
     assert areas[0]["solid_area_mm2"] != "", "spacing from the metadata"
     second = handler.written[1]
-    assert set(second.files) == {"nifti", "overlay", "csv"} and "not a DICOM file" in second.skipped["dicom_seg"]
+    assert set(second.files) == {"nifti", "overlay", "csv", "area_plot", "dicom_seg", "dicom_source"}, "SC + SEG"
+    assert not second.skipped and second.files["dicom_source"].name == "frames1_cine.dcm"
     assert load_cine(second.files["nifti"]).shape == (
         1,
         40,
         48,
         4,
     ), "re-read from image_source (filename_or_obj is gone)"
-    assert str(folder) in caplog.text and "dicom_seg skipped" in caplog.text
+    assert str(folder) in caplog.text and "dicom_source" in caplog.text
     assert {p: file_digest(p) for p in inputs.rglob("*") if p.is_file()} == before, "inputs untouched, nothing added"
 
 

@@ -312,7 +312,9 @@ def test_cuda_dispatch_wiring_with_stand_in_kernels(monkeypatch):
         assert all(t.is_contiguous() for t in (u, delta, B, C, z))
         return selective_scan_sequential(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
-    def fake_conv(x, weight, bias, activation):
+    def fake_conv(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False, activation=None):
+        """causal-conv1d 1.7.0's ``causal_conv1d_fn`` signature: ``activation`` only by keyword."""
+        assert seq_idx is None and initial_states is None and not return_final_states
         calls.append("conv")
         assert x.is_contiguous() and weight.dim() == 2
         return causal_conv1d_torch(x, weight, bias, activation)

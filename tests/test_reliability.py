@@ -266,6 +266,9 @@ def _inference_outputs(out: Path) -> dict[str, Any]:
             decoded[name] = np.stack(frames)
         elif name.endswith("_areas.csv"):
             decoded[name] = path.read_text(encoding="utf-8")
+        elif name.endswith("_areas.png"):
+            with Image.open(path) as plot:
+                decoded[name] = np.asarray(plot.convert("RGB"))
         else:
             raise AssertionError(f"unexpected file {path}")
     return decoded
@@ -301,7 +304,8 @@ def test_sigkill_during_inference_never_leaves_a_truncated_output(phantom, tmp_p
     torch.save({"model": Vivim("tiny", 3, 3).state_dict()}, models / "model.pt")
     inputs = sorted(str(p) for p in (phantom / "data").glob("*.dcm")) + [str(phantom / "test" / "heldout.dcm")]
     shapes = {Path(p).stem: tuple(load_cine(p).shape[1:]) for p in inputs}
-    expected = {f"{case}{end}" for case in shapes for end in ("_seg.nii.gz", "_seg.dcm", "_overlay.gif", "_areas.csv")}
+    ends = ("_seg.nii.gz", "_seg.dcm", "_overlay.gif", "_areas.csv", "_areas.png")
+    expected = {f"{case}{end}" for case in shapes for end in ends}
 
     def command(out: Path) -> list[str]:
         overrides = {**TINY, "bundle_root": str(tmp_path), "input_files": inputs, "output_dir": str(out)}

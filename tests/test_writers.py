@@ -4,6 +4,8 @@ overlay GIF, per-frame CSV, the per-case writer, atomicity and untouched inputs.
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -12,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import file_digest, shared_dir
+from conftest import BUNDLE_LOGGING, file_digest, shared_dir
 from PIL import Image
 from pydicom import examples
 from pydicom.uid import SegmentationStorage
@@ -20,19 +22,23 @@ from pydicom.uid import SegmentationStorage
 import vivim_monai.io.case as case_module
 from vivim_monai.data import load_cine, write_phantom_case
 from vivim_monai.io import (
+    DEFAULT_CLASS_COLOURS,
     OUTPUT_KINDS,
     CineOutputWriter,
+    area_curves,
     atomic_write,
     case_id_for,
     frame_areas,
     overlay_frames,
     read_dicom_seg_labels,
+    write_area_plot,
     write_case_outputs,
     write_dicom_seg,
     write_frame_csv,
     write_nifti_labels,
     write_overlay_gif,
 )
+from vivim_monai.io.secondary_capture import cine_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent the intended person name")
 
@@ -158,6 +164,26 @@ def test_dicom_seg_of_shared_palette_cine(tmp_path):
     np.testing.assert_array_equal(read_dicom_seg_labels(seg_path), labels)
 
 
+def test_bundle_logging_keeps_highdicom_quiet_but_its_warnings(tmp_path):
+    """highdicom logs an INFO line per copied module; the bundle's logging.conf shows only its warnings."""
+    script = f"""
+import logging.config, numpy as np
+logging.config.fileConfig({BUNDLE_LOGGING!r}, disable_existing_loggers=False)
+from pydicom import examples
+from vivim_monai.io import write_dicom_seg
+path = examples.get_path("ybr_color")
+write_dicom_seg(np.zeros((240, 320, 30), np.uint8), path, {str(tmp_path / "seg.dcm")!r})
+logging.getLogger("vivim_monai.inference").info("inference line")
+logging.getLogger("highdicom.seg.sop").warning("highdicom warning")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    lines = done.stdout.splitlines()
+    assert [line.split(" - ", 1)[1] for line in lines] == [
+        "vivim_monai.inference - INFO - inference line",
+        "highdicom.seg.sop - WARNING - highdicom warning",
+    ]
+
+
 # --- overlay GIF ----------------------------------------------------------------------------------------------------
 
 
@@ -223,6 +249,27 @@ def test_frame_csv_values(tmp_path):
         write_frame_csv(labels, tmp_path / "bad.csv", ("background", "solid"))
 
 
+def test_area_plot_in_mm2_over_seconds_or_pixels_over_frames(tmp_path):
+    labels = np.zeros((10, 10, 4), np.uint8)
+    labels[:2, :5, 0] = 1  # 10 px
+    labels[5:, :, 1:] = 2  # 50 px from frame 1
+    times, areas = area_curves(labels, 3, spacing_mm=(0.5, 0.2), frame_time_ms=40.0)
+    np.testing.assert_allclose(times, [0.0, 0.04, 0.08, 0.12])
+    np.testing.assert_allclose(areas[:, 1:], [[1.0, 0.0], [0.0, 5.0], [0.0, 5.0], [0.0, 5.0]])
+    frames, pixels = area_curves(labels, 3)
+    np.testing.assert_array_equal(frames, [0, 1, 2, 3])
+    np.testing.assert_array_equal(pixels[:, 1:], [[10, 0], [0, 50], [0, 50], [0, 50]])
+
+    names = ("background", "solid", "non-solid")
+    path = write_area_plot(labels, tmp_path / "a.png", names, (0.5, 0.2), 40.0, title="case")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] == 760
+        colours = {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 16)}
+    assert set(DEFAULT_CLASS_COLOURS[:2]) <= colours, "one line per foreground class, in its overlay colour"
+    unknown = write_area_plot(labels[..., :1], tmp_path / "u.png", names)  # one frame, no spacing or frame time
+    assert unknown.is_file() and not list(tmp_path.glob(".*.tmp*"))
+
+
 # --- per-case outputs -----------------------------------------------------------------------------------------------
 
 
@@ -240,7 +287,8 @@ def test_case_outputs_for_a_dicom_cine(tmp_path, phantom_case):
     outputs = writer(cine, torch.from_numpy(labels)[None])
     folder = tmp_path / "outputs" / "case7"
     assert outputs.case_id == "case7" and outputs.folder == folder and not outputs.skipped
-    assert outputs.files == {kind: folder / f"case7{ending}" for kind, ending in OUTPUT_KINDS.items()}
+    expected = {kind: folder / f"case7{ending}" for kind, ending in OUTPUT_KINDS.items()}
+    assert outputs.files == {**expected, "area_plot": folder / "case7_areas.png"}, "no Secondary Capture: a DICOM"
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in outputs.files.values())
     np.testing.assert_array_equal(load_cine(outputs.files["nifti"])[0].numpy(), labels)
     assert load_cine(outputs.files["nifti"]).meta["pixel_spacing_mm"] == pytest.approx(cine.meta["pixel_spacing_mm"])
@@ -254,12 +302,26 @@ def test_case_outputs_for_a_dicom_cine(tmp_path, phantom_case):
     assert {name: file_digest(case[name]) for name in ("image", "label")} == before
 
 
-def test_case_outputs_skip_dicom_seg_for_non_dicom_sources(tmp_path, phantom_case):
+def test_secondary_capture_keeps_8_bit_intensities_and_stretches_others():
+    frames, how = cine_bytes(np.arange(24, dtype=np.float32).reshape(3, 2, 2, 2))  # RGB, whole numbers in 0..255
+    assert frames.shape == (2, 2, 2, 3) and frames[1, 0, 0].tolist() == [1, 9, 17] and how == "intensities kept"
+    frames, how = cine_bytes(np.array([-1.0, 0.5, np.nan, np.inf, 3.0]).reshape(1, 1, 5, 1))
+    assert frames.ravel().tolist() == [0, 96, 64, 64, 255] and how.endswith("from [-1, 3] to [0, 255]")
+    frames, _ = cine_bytes(np.full((2, 3, 3, 1), 7, np.int16))  # two channels: the first one, as the overlay
+    assert frames.shape == (1, 3, 3, 1) and int(frames.max()) == 7
+
+
+def test_case_outputs_of_a_non_dicom_cine_reference_its_secondary_capture(tmp_path, phantom_case):
     case, _, labels = phantom_case
     volume = load_cine(case["label"])  # any 2-D+t volume stands in for a non-DICOM cine
     outputs = write_case_outputs(volume, labels, tmp_path / "out", kinds=("dicom_seg", "csv"))
     assert case_id_for(case["label"]) == "case7_label" and outputs.case_id == "case7_label"
-    assert "not a DICOM file" in outputs.skipped["dicom_seg"] and set(outputs.files) == {"csv"}
+    assert set(outputs.files) == {"dicom_source", "dicom_seg", "csv", "area_plot"} and not outputs.skipped
+    assert outputs.files["dicom_source"].name == "case7_label_cine.dcm"
+    secondary = pydicom.dcmread(outputs.files["dicom_source"], stop_before_pixels=True)
+    seg = pydicom.dcmread(outputs.files["dicom_seg"])
+    assert seg_to_labels(seg, secondary).tolist() == labels.tolist()
+    np.testing.assert_array_equal(load_cine(outputs.files["dicom_source"])[0].numpy(), labels)  # the cine's values
     with pytest.raises(ValueError, match="unknown output kinds"):
         write_case_outputs(volume, labels, tmp_path / "out", kinds=("mp4",))
 

@@ -17,14 +17,17 @@ BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
 
 
 def bundle_command(bundle: Path, configs: Sequence[str], overrides: Mapping[str, Any]) -> list[str]:
-    """``python -m monai.bundle run`` over ``bundle/configs/<configs>`` (merged in order) with ``--key value``."""
+    """``python -m monai.bundle run`` over ``bundle/configs/<configs>`` (merged in order) with ``--key value``.
+
+    Non-string values are written as Python literals (``False``, ``None``, ``[256, 256]``): ``monai.bundle run``
+    parses its arguments with fire, which reads JSON's ``false`` / ``null`` as the strings ``'false'`` / ``'null'``."""
     files = [str(p if Path(p).is_absolute() else bundle / "configs" / p) for p in configs]
     command = [sys.executable, "-m", "monai.bundle", "run"]
     command += ["--config_file", files[0] if len(files) == 1 else json.dumps(files)]
     command += ["--meta_file", str(bundle / "configs" / "metadata.json")]
     command += ["--logging_file", str(bundle / "configs" / "logging.conf")]
     for key, value in overrides.items():
-        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        command += [f"--{key}", value if isinstance(value, str) else repr(value)]
     return command
 
 

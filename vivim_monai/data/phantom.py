@@ -95,6 +95,20 @@ def make_phantom(
     return Phantom(image, label, fan, box, spacing_mm, frame_time_ms)
 
 
+#: Type 2 (and 2C) attributes of the Ultrasound Multi-frame Image IOD the phantom leaves empty.
+_EMPTY_TYPE2 = (
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+    "Laterality",
+    "PositionReferenceIndicator",
+    "PatientOrientation",
+)
+
+
 def _dicom(phantom: Phantom, seed: int, patient_id: str) -> FileDataset:
     height, width, frames = phantom.image.shape
     uid = lambda part: generate_uid(entropy_srcs=["vivim-phantom", str(seed), patient_id, part])  # noqa: E731
@@ -108,6 +122,12 @@ def _dicom(phantom: Phantom, seed: int, patient_id: str) -> FileDataset:
     ds.FrameOfReferenceUID = uid("frame-of-reference")
     ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "US", "vivim-monai phantom", 1, 1
     ds.PatientID, ds.PatientName = patient_id, f"Phantom^{patient_id}"
+    ds.StudyID, ds.StudyDescription = patient_id[:16], "vivim-monai synthetic phantom"
+    # Type 2 attributes a phantom has no value for (no birth date, sex, acquisition date, physician or order): present
+    # and empty, as the Patient, General Study/Series/Image and Frame of Reference modules require
+    for keyword in _EMPTY_TYPE2:
+        setattr(ds, keyword, None)
+    ds.ImageType = ["DERIVED", "PRIMARY"]  # synthetic, not acquired (US Image module, Type 2)
     ds.Rows, ds.Columns, ds.NumberOfFrames = height, width, frames
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0

@@ -1,5 +1,5 @@
-"""Per-case prediction outputs of an evaluator (NIfTI, DICOM SEG, overlay GIF, area CSV) written as each iteration
-completes.
+"""Per-case prediction outputs of an evaluator (NIfTI, DICOM SEG, overlay GIF, area CSV and plot) written as each
+iteration completes.
 
 The network saw a cropped, resized, normalised image, so the overlay is drawn on the ORIGINAL cine, re-read with
 :func:`~vivim_monai.data.load_cine` from the case's source (``image_source`` when the datalist carries it, else the
@@ -32,8 +32,8 @@ class CaseOutputHandler:
     Args:
         output_dir: parent of the per-case folders.
         class_names: all class names, background first (DICOM SEG segments, CSV columns).
-        kinds: which of :data:`~vivim_monai.io.OUTPUT_KINDS` to write (default: all; the DICOM SEG is skipped, with
-            the reason logged, when the source is not a DICOM file).
+        kinds: which of :data:`~vivim_monai.io.OUTPUT_KINDS` to write (default: all; a source that is not a DICOM
+            file also gets the Secondary Capture ``<case_id>_cine.dcm`` its DICOM SEG references).
         overlay_max_size: longer side of the GIF frames in pixels (None keeps the cine's size).
 
     ``written`` lists the :class:`~vivim_monai.io.CaseOutputs` of the current run.

@@ -1,9 +1,11 @@
-"""All outputs of one predicted cine: NIfTI labels, DICOM SEG, overlay GIF and per-frame area CSV in one folder.
+"""All outputs of one predicted cine: NIfTI labels, DICOM SEG, overlay GIF and per-frame areas in one folder.
 
-Layout: ``<output_dir>/<case_id>/<case_id>_seg.nii.gz``, ``<case_id>_seg.dcm``, ``<case_id>_overlay.gif`` and
-``<case_id>_areas.csv``. Each file is written atomically (a failure leaves no partial file, files written before
-it stay complete); inputs are only read, and an output path that would be an input raises before anything is
-written.
+Layout: ``<output_dir>/<case_id>/<case_id>_seg.nii.gz``, ``<case_id>_seg.dcm``, ``<case_id>_overlay.gif``,
+``<case_id>_areas.csv`` and its plot ``<case_id>_areas.png``. A cine without DICOM parent (NIfTI, frame images) also
+gets ``<case_id>_cine.dcm``, a Multi-frame Secondary Capture of its frames that the SEG references (see
+:mod:`vivim_monai.io.secondary_capture`). Each file is written atomically (a failure leaves no partial file, files
+written before it stay complete); inputs are only read, and an output path that would be an input raises before
+anything is written.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import Any, Mapping, Sequence
 
 from vivim_monai.io._labels import as_label_volume, as_numpy
 from vivim_monai.io.dicom_seg import DEFAULT_CLASS_NAMES, write_dicom_seg
-from vivim_monai.io.frame_table import write_frame_csv
+from vivim_monai.io.frame_table import write_area_plot, write_frame_csv
 from vivim_monai.io.nifti import write_nifti_labels
 from vivim_monai.io.overlay import write_overlay_gif
+from vivim_monai.io.secondary_capture import write_secondary_capture
 
-__all__ = ["OUTPUT_KINDS", "CaseOutputs", "CineOutputWriter", "case_id_for", "write_case_outputs"]
+__all__ = ["COMPANION_FILES", "OUTPUT_KINDS", "CaseOutputs", "CineOutputWriter", "case_id_for", "write_case_outputs"]
 
 #: Output kinds and their file name endings.
 OUTPUT_KINDS: dict[str, str] = {
@@ -27,6 +30,12 @@ OUTPUT_KINDS: dict[str, str] = {
     "dicom_seg": "_seg.dcm",
     "overlay": "_overlay.gif",
     "csv": "_areas.csv",
+}
+#: Files written with a kind (key in :attr:`CaseOutputs.files` -> (kind, file name ending)): the area plot with the
+#: CSV, and the Secondary Capture source with the DICOM SEG of a cine that has no DICOM parent.
+COMPANION_FILES: dict[str, tuple[str, str]] = {
+    "area_plot": ("csv", "_areas.png"),
+    "dicom_source": ("dicom_seg", "_cine.dcm"),
 }
 
 
@@ -90,12 +99,12 @@ def write_case_outputs(
         labels: predicted class indices ``(H, W, T)`` or ``(1, H, W, T)`` on the cine's frame grid.
         output_dir: parent of the case folder (created if needed).
         source: the input file or folder (default: ``cine.meta["filename_or_obj"]``); the DICOM SEG references it
-            and is skipped, with the reason, when it is not a DICOM file.
+            when it is a DICOM file, else the Secondary Capture of ``cine`` written beside it.
         class_names: all class names, background first.
         case_id: name of the case folder and file prefix (default: :func:`case_id_for` of ``source``).
-        kinds: which of :data:`OUTPUT_KINDS` to write.
+        kinds: which of :data:`OUTPUT_KINDS` to write (each with its :data:`COMPANION_FILES`).
         spacing_mm: (row, column) pixel spacing (default: ``meta["pixel_spacing_mm"]``); unknown leaves the CSV's
-            mm² columns empty and the NIfTI spacing at 1.
+            mm² columns empty, the plot in pixels and the NIfTI spacing at 1.
         frame_time_ms: frame interval (default: ``meta["frame_time_ms"]`` unless its source is ``"default"``, i.e.
             a guess; then the CSV's time column is empty and the GIF plays at 30 frames/s).
         overlay_max_size, overlay_frame_step: GIF downsizing (see :func:`write_overlay_gif`).
@@ -120,6 +129,10 @@ def write_case_outputs(
         raise ValueError(f"labels (H, W, T) {volume.shape} do not match the cine (C, H, W, T) {cine_shape}")
     folder = Path(output_dir) / case_id
     paths = {kind: folder / f"{case_id}{OUTPUT_KINDS[kind]}" for kind in kinds}
+    has_dicom_parent = source_path is not None and _is_dicom_file(source_path)
+    for name, (kind, end) in COMPANION_FILES.items():
+        if kind in kinds and not (name == "dicom_source" and has_dicom_parent):
+            paths[name] = folder / f"{case_id}{end}"
     inputs = {Path(name).resolve() for name in meta.get("frame_files", [])}
     if source_path is not None:
         inputs.add(source_path.resolve())
@@ -131,11 +144,12 @@ def write_case_outputs(
     if "nifti" in paths:
         result.files["nifti"] = write_nifti_labels(volume, paths["nifti"], spacing, frame_time_ms)
     if "dicom_seg" in paths:
-        if source_path is None or not _is_dicom_file(source_path):
-            result.skipped["dicom_seg"] = f"source {source_path} is not a DICOM file; a DICOM SEG needs a DICOM source"
-        else:
-            options = dict(seg_kwargs or {})
-            result.files["dicom_seg"] = write_dicom_seg(volume, source_path, paths["dicom_seg"], class_names, **options)
+        parent = source_path
+        if "dicom_source" in paths:  # the SEG needs source images: the cine as DICOM
+            parent = write_secondary_capture(cine, paths["dicom_source"], case_id, spacing, frame_time_ms)
+            result.files["dicom_source"] = parent
+        options = dict(seg_kwargs or {})
+        result.files["dicom_seg"] = write_dicom_seg(volume, parent, paths["dicom_seg"], class_names, **options)
     if "overlay" in paths:
         result.files["overlay"] = write_overlay_gif(
             cine,
@@ -147,6 +161,10 @@ def write_case_outputs(
         )
     if "csv" in paths:
         result.files["csv"] = write_frame_csv(volume, paths["csv"], class_names, spacing, frame_time_ms)
+        title = f"{case_id}: structure area over time"
+        result.files["area_plot"] = write_area_plot(
+            volume, paths["area_plot"], class_names, spacing, frame_time_ms, title=title
+        )
     return result
 
 

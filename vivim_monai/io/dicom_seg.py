@@ -3,14 +3,18 @@
 highdicom (0.28) writes SEGs of single images and of spatially indexed multi-frame images, but refuses multi-frame
 sources without patient geometry, which is what ultrasound and angiography cines are (highdicom issues #200, #284,
 #369). So highdicom builds the instance-level content (patient and study, SEG series, equipment, segment
-descriptions, instance references, the BINARY pixel module) from a single-frame stand-in of the source, and the
-frames are added here as the SEG IOD defines them for sources referenced by derivation (PS3.3 A.51.5.1):
+descriptions, instance references, the BINARY pixel module) from a single-frame stand-in of the source that holds
+only what the SEG needs (:data:`SEG_PATIENT_STUDY_ATTRIBUTES` and the references), and the frames are added here as
+the SEG IOD defines them for sources referenced by derivation (PS3.3 A.51.5.1):
 
 * one BINARY frame per (segment, source frame), segment-major; every frame's Derivation Image functional group
   names the source SOP instance and its Referenced Frame Number, which is how readers map SEG frames to cine frames;
 * the Multi-frame Dimension module indexes frames by Referenced Segment Number and Temporal Position Index (the
   1-based source frame number);
-* no plane position, orientation or pixel measures: pixels correspond one to one with the source frame.
+* no plane position, orientation or pixel measures: pixels correspond one to one with the source frame, so the
+  source's (usually empty) Patient Orientation describes them (General Image module, Type 2C).
+
+The result passes the DICOM validator ``dciodvfy`` without errors for every supported source (``docs/reliability.md``).
 
 Segment ``k`` is label class ``k`` (class 0 is background and has no segment). Empty frames are kept by default so
 that every source frame is explicitly referenced ("nothing found" is a result); ``omit_empty_frames=True`` drops
@@ -38,49 +42,54 @@ from vivim_monai import __version__
 from vivim_monai.io._labels import as_label_volume
 from vivim_monai.io.atomic import atomic_write
 
-__all__ = ["DEFAULT_CLASS_NAMES", "read_dicom_seg_labels", "write_dicom_seg"]
+__all__ = ["DEFAULT_CLASS_NAMES", "SEG_PATIENT_STUDY_ATTRIBUTES", "read_dicom_seg_labels", "write_dicom_seg"]
 
 #: Class names of the project's labels (ovarian-tumour layout); index 0 is background.
 DEFAULT_CLASS_NAMES: tuple[str, ...] = ("background", "solid", "non-solid")
-#: Attributes of the source left out of highdicom's stand-in: frame-level, geometric or pixel content.
-_NOT_IN_STAND_IN = {
-    "NumberOfFrames",
-    "FrameIncrementPointer",
-    "SharedFunctionalGroupsSequence",
-    "PerFrameFunctionalGroupsSequence",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",  # else highdicom writes Pixel Measures, which need a patient frame of reference
-    "SliceThickness",
-    "SpacingBetweenSlices",
-}
-#: Type 2 patient and study attributes highdicom copies from the source (written empty when the source lacks them).
-_PATIENT_STUDY_TYPE2 = (
+#: Patient and study attributes the SEG copies from its source: the Type 1 and 2 attributes of the Patient and General
+#: Study modules (PS3.3 C.7.1.1, C.7.2.1), the only patient/study modules the SEG IOD requires; Type 2 attributes the
+#: source lacks are written empty. Nothing else of the patient or study is copied (see docs/reliability.md).
+SEG_PATIENT_STUDY_ATTRIBUTES: tuple[str, ...] = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
     "PatientSex",
-    "AccessionNumber",
-    "StudyID",
+    "StudyInstanceUID",
     "StudyDate",
     "StudyTime",
     "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+#: Further source attributes the SEG needs: to reference the source, to read its text (character set), and to keep
+#: its frame of reference and lossy-compression history (PS3.3 C.7.6.1.1.5).
+_SOURCE_REFERENCE = (
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "Rows",
+    "Columns",
+    "FrameOfReferenceUID",
+    "LossyImageCompression",
+    "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
 )
 #: Separators of the ACR-NEMA date and time formats that some old cines still carry.
 _LEGACY_SEPARATORS = {"DA": ".-", "TM": ":"}
 
 
 def _stand_in(source: Dataset) -> Dataset:
-    """A single-frame, geometry-free, pixel-free copy of ``source`` for highdicom; ``source`` is not modified."""
+    """A single-frame, geometry-free, pixel-free copy of what the SEG needs of ``source`` (and nothing else, so that
+    highdicom copies nothing else); ``source`` is not modified."""
     stand_in = Dataset()
-    for element in source:
-        if element.tag.group == 0x7FE0 or element.keyword in _NOT_IN_STAND_IN:
-            continue
-        stand_in.add(copy.deepcopy(element))
-    stand_in.SOPClassUID = SecondaryCaptureImageStorage  # a single-frame IOD: highdicom's supported path
-    for keyword in _PATIENT_STUDY_TYPE2:  # required-but-empty-allowed attributes some sources lack
-        if keyword not in stand_in:
+    for keyword in (*_SOURCE_REFERENCE, *SEG_PATIENT_STUDY_ATTRIBUTES):
+        if keyword in source:
+            stand_in.add(copy.deepcopy(source[keyword]))
+        elif keyword in SEG_PATIENT_STUDY_ATTRIBUTES:  # Type 2: present, empty
             setattr(stand_in, keyword, None)
+    stand_in.SOPClassUID = SecondaryCaptureImageStorage  # a single-frame IOD: highdicom's supported path
     for element in stand_in:
         if element.VR in _LEGACY_SEPARATORS and isinstance(element.value, str) and element.value:
             element.value = _conformant(element.VR, element.value)
@@ -222,6 +231,9 @@ def write_dicom_seg(
     )
     for item in [*seg.SourceImageSequence, *seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]:
         item.ReferencedSOPClassUID = source.SOPClassUID  # undo the stand-in's single-frame SOP class
+    # General Image: Patient Orientation is Type 2C, required when there is no Image Orientation (Patient), as here;
+    # the SEG's pixels are the source's, so the source's value (usually empty for ultrasound) applies unchanged
+    seg.PatientOrientation = source.get("PatientOrientation")
 
     template = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
     by_frame = np.ascontiguousarray(np.moveaxis(array, -1, 0))

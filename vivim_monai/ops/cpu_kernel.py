@@ -2,9 +2,11 @@
 
 The kernel (``csrc/selective_scan_cpu.cpp``) is built with ``torch.utils.cpp_extension`` on first use (about a minute)
 and cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), keyed by the source, the compiler
-flags and the CPU's instruction-set flags, so a cache copied to another machine is never reused wrongly. Without a
-working compiler the build fails once, a single warning says why, and the automatic backend falls back to the
-pure-PyTorch scan.
+flags and the CPU's instruction-set flags, so a cache copied to another machine is never reused wrongly. The build
+compiles a copy of the source kept in that cache under the same key (``vivim_sources/<key>/``): ninja rebuilds when
+the path or time stamp of a source changes, which compiling the package's own file would do whenever the package is
+moved or unpacked again (a packaged bundle, a new checkout). Without a working compiler the build fails once, a
+single warning says why, and the automatic backend falls back to the pure-PyTorch scan.
 
 Rows (batch x channel) run in parallel on PyTorch's OpenMP thread pool (``torch.set_num_threads``); the state
 dimension is vectorised. Half/bfloat16 inputs are computed in float32; float64 stays float64 (gradcheck).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -42,6 +45,29 @@ def _cpu_fingerprint() -> str:
         return os.uname().machine
 
 
+def _stable_source(source: Path, name: str) -> Path:
+    """A copy of ``source`` at a path set by the build key ``name`` alone, written once (later calls keep its time
+    stamp, so ninja sees nothing new); rewritten atomically if it differs from ``source``."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    target = root / "vivim_sources" / name / source.name
+    data = source.read_bytes()
+    if target.is_file() and target.read_bytes() == data:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{source.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return target
+
+
 def load_extension() -> ModuleType | None:
     """Build (first call) or load the compiled kernel; None, with one warning, when it cannot be built."""
     with _LOCK:
@@ -52,8 +78,9 @@ def load_extension() -> ModuleType | None:
         try:
             from torch.utils.cpp_extension import load
 
+            source = _stable_source(_SOURCE, name)
             _STATE["module"] = load(
-                name=name, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=["-fopenmp"], verbose=False
+                name=name, sources=[str(source)], extra_cflags=_CFLAGS, extra_ldflags=["-fopenmp"], verbose=False
             )
         except Exception as err:  # no compiler, no headers, a failed build: all mean "use the PyTorch scan"
             _STATE["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"

@@ -98,7 +98,7 @@ def causal_conv1d(
         return cpu_kernel.causal_conv1d(x, weight, bias, activation is not None, order)
     x = order.to_scan(x)
     if name == "cuda":
-        out = cuda_kernels()[1](x.contiguous(), weight.contiguous(), bias, activation)
+        out = cuda_kernels()[1](x.contiguous(), weight.contiguous(), bias, activation=activation)
     else:
         out = causal_conv1d_torch(x, weight, bias, activation)
     return order.from_scan(out)
