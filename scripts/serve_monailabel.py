@@ -17,6 +17,11 @@ installed wheel, no network), links the bundle as ``<app>/model/<name>``, launch
 127.0.0.1 in its own process group with the offline settings (``zoo_source github`` reads the local bundle folder
 instead of listing the hosted zoo, ``sam2 false`` skips the SAM2 download, ``skip_trainers true``,
 ``HF_HUB_OFFLINE=1``, experiment tracking off), writes the PID file and returns once ``GET /info/`` answers 200.
+The server runs MONAI Label's FastAPI app through a small module written to the work folder
+(:data:`APP_MODULE_SOURCE`): a failed inference is answered with its reason (422 for an unreadable upload, JSON
+``{"detail": "CineReadError: <uploaded name>: <problem>"}``) instead of MONAI Label's bare 500 "Internal Server
+Error", and the uploaded copy is still removed. The server's temporary files (uploads, results) go to
+``<workdir>/tmp``, emptied at each start.
 ``stop`` signals only the process group recorded in the PID file, after checking that the PID still is that
 server, waits for it to end and removes the file.
 
@@ -66,6 +71,67 @@ SERVER_CONF = {"zoo_source": "github", "sam2": "false", "skip_trainers": "true",
 #: Inference parameters: CPU unless asked otherwise, and a NIfTI label also for DICOM input (the default writer would
 #: try a DICOM label through ITK and fail), stored as uint8 class indices.
 INFER_PARAMS = {"device": "cpu", "result_extension": ".nii.gz", "result_dtype": "uint8"}
+TMP_DIR = "tmp"
+APP_MODULE = "vivim_monailabel_app"
+#: The module uvicorn serves (``--uvicorn_app vivim_monailabel_app:app``), written to the work folder at each start.
+APP_MODULE_SOURCE = '''"""MONAI Label's app, failed inferences answered with their reason (from serve_monailabel.py).
+
+MONAI Label 0.8.5 lets an exception raised during inference (e.g. the bundle's CineReadError for an unreadable
+upload) reach Starlette, which answers 500 "Internal Server Error" with the reason only in the server log, and drops
+the request's background tasks, so the uploaded copy stays in the temporary folder. The /infer endpoint's function is
+wrapped here: a failure is answered as JSON {"detail": "<error>: <message>"}, 422 for an unreadable input (a
+CineReadError anywhere in the exception chain), 400 for an invalid request (MONAILabelException INVALID_INPUT, e.g.
+an unknown model), the HTTPException's own status, else 500. The upload's temporary path in the message is replaced by
+the name it was uploaded under, and the background tasks (removing the upload) still run.
+"""
+
+import logging
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from monailabel.app import app  # noqa: F401  (what uvicorn serves)
+from monailabel.endpoints import infer as _infer
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+
+_logger = logging.getLogger(__name__)
+_run_inference = _infer.run_inference
+
+
+def _chain(err):
+    chain = []
+    while err is not None and all(err is not seen for seen in chain):
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+def _describe(err):
+    """(HTTP status, message) for a failed inference."""
+    for item in _chain(err):
+        if any(cls.__name__ == "CineReadError" for cls in type(item).__mro__):
+            return 422, f"CineReadError: {item}"
+    if isinstance(err, HTTPException):
+        return err.status_code, str(err.detail)
+    if isinstance(err, MONAILabelException):
+        return (400 if err.error == MONAILabelError.INVALID_INPUT else 500), f"{err.error.value}: {err.msg}"
+    return 500, f"{type(err).__name__}: {err}"
+
+
+def run_inference(background_tasks, model, image="", session_id="", params="{}", file=None, label=None, output=None):
+    try:
+        return _run_inference(background_tasks, model, image, session_id, params, file, label, output)
+    except Exception as err:
+        status, message = _describe(err)
+        temporary = [task.args[0] for task in background_tasks.tasks if task.args]  # remove_file(upload copy)
+        for path, upload in zip(temporary, [upload for upload in (file, label) if upload is not None]):
+            message = message.replace(str(path), upload.filename or "upload")
+        level = logging.WARNING if status < 500 else logging.ERROR
+        _logger.log(level, "infer %s: HTTP %d: %s", model, status, message, exc_info=status >= 500)
+        return JSONResponse({"detail": message}, status_code=status, background=background_tasks)
+
+
+_infer.run_inference = run_inference
+'''
 
 
 def default_workdir(venv: Path) -> Path:
@@ -194,12 +260,14 @@ def warm_bundle_kernels(venv: Path, model_dir: Path, workdir: Path) -> None:
 
 
 def _server_env(venv: Path, workdir: Path) -> dict:
-    """The caller's environment without Python path settings, plus :data:`SERVER_ENV`, the session folder and a
-    torch extension cache of the environment's own (the bundle's CPU scan kernel is compiled against that torch;
-    sharing ``~/.cache/torch_extensions`` with another environment would rebuild it back and forth)."""
+    """The caller's environment without Python path settings, plus :data:`SERVER_ENV`, the session folder, the
+    temporary folder ``<workdir>/tmp`` and a torch extension cache of the environment's own (the bundle's CPU scan
+    kernel is compiled against that torch; sharing ``~/.cache/torch_extensions`` with another environment would
+    rebuild it back and forth)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(SERVER_ENV)
     env["MONAI_LABEL_SESSION_PATH"] = str(workdir / "sessions")
+    env["TMPDIR"] = str(workdir / TMP_DIR)
     env["TORCH_EXTENSIONS_DIR"] = str(venv / "torch_extensions")
     return env
 
@@ -220,13 +288,16 @@ def start(args: argparse.Namespace) -> int:
             raise SystemExit(f"a server is already running (pid {state['pid']}, {state['url']}); stop it first")
         (workdir / PID_FILE).unlink()
     (workdir / LOG_FILE).write_bytes(b"")  # the log of this server only
+    shutil.rmtree(workdir / TMP_DIR, ignore_errors=True)  # left by an earlier server of this work folder
+    (workdir / TMP_DIR).mkdir()
+    _write_atomic(workdir / f"{APP_MODULE}.py", APP_MODULE_SOURCE.encode())
     studies.mkdir(parents=True, exist_ok=True)
     name = args.model or bundle.name
     app = ensure_app(venv, workdir)
     warm_bundle_kernels(venv, link_bundle(app, bundle, name), workdir)
     conf = {**SERVER_CONF, "models": name, **dict(args.conf or [])}
     command = [*_monailabel(venv), "start_server", "--app", str(app), "--studies", str(studies)]
-    command += ["--host", HOST, "--port", str(args.port)]
+    command += ["--host", HOST, "--port", str(args.port), "--uvicorn_app", f"{APP_MODULE}:app"]
     for key, value in conf.items():
         command += ["--conf", key, value]
     url = f"http://{HOST}:{args.port}"
@@ -325,10 +396,30 @@ def _multipart(fields: dict[str, str], file_field: str, path: Path) -> tuple[byt
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+class InferenceError(RuntimeError):
+    """The server answered an inference request with an HTTP error; ``status`` and ``detail`` (its reason)."""
+
+    def __init__(self, message: str, status: int, detail: str) -> None:
+        super().__init__(message)
+        self.status, self.detail = status, detail
+
+
+def _error_detail(body: bytes) -> str:
+    """The ``detail`` of a JSON error body (FastAPI's form), else the body as text."""
+    try:
+        detail = json.loads(body)["detail"]
+    except (ValueError, KeyError, TypeError):
+        return body.decode(errors="replace")
+    return detail if isinstance(detail, str) else json.dumps(detail)
+
+
 def request_inference(
     url: str, model: str, image: Path, params: dict | None = None, timeout: float = 600.0
 ) -> tuple[bytes | None, dict, float]:
-    """POST ``image`` to ``/infer/<model>?output=all``; returns (label file bytes or None, result JSON, seconds)."""
+    """POST ``image`` to ``/infer/<model>?output=all``; returns (label file bytes or None, result JSON, seconds).
+
+    An HTTP error raises :class:`InferenceError` with the status and the server's reason.
+    """
     body, content_type = _multipart({"params": json.dumps({**INFER_PARAMS, **(params or {})})}, "file", image)
     request = urllib.request.Request(
         f"{url}/infer/{model}?output=all", data=body, method="POST", headers={"Content-Type": content_type}
@@ -338,7 +429,8 @@ def request_inference(
         with urllib.request.urlopen(request, timeout=timeout) as response:
             payload, reply_type = response.read(), response.headers.get("Content-Type", "")
     except urllib.error.HTTPError as err:
-        raise RuntimeError(f"POST {url}/infer/{model} -> HTTP {err.code}: {err.read()[:2000]!r}") from err
+        detail = _error_detail(err.read())[:4000]
+        raise InferenceError(f"POST {url}/infer/{model} -> HTTP {err.code}: {detail}", err.code, detail) from err
     seconds = time.perf_counter() - started
     if not reply_type.startswith("multipart/"):
         return None, json.loads(payload), seconds
@@ -369,7 +461,10 @@ def infer(args: argparse.Namespace) -> int:
     model = args.model or state.get("model")
     if not model:
         raise SystemExit("no --model given and no running server recorded")
-    label, result, seconds = request_inference(url, model, args.image, {"device": args.device}, args.timeout)
+    try:
+        label, result, seconds = request_inference(url, model, args.image, {"device": args.device}, args.timeout)
+    except InferenceError as err:
+        raise SystemExit(f"the server refused {args.image} (HTTP {err.status}): {err.detail}") from err
     if label is None:
         raise SystemExit(f"the server returned no label: {json.dumps(result)[:2000]}")
     output = (args.output or _default_output(args.image)).resolve()

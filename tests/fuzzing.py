@@ -549,3 +549,35 @@ def write_summary(summary: dict[str, Any], path: Path) -> str:
     path.write_text(json.dumps(summary, indent=1))
     counts = " ".join(f"{k}={v}" for k, v in summary["counts"].items())
     return f"fuzz: {summary['cases']} cases, {counts}, wall {summary['wall_s']} s, summary {path}"
+
+
+def rejected_mutants(
+    seeds: list[Seed], count: int, workdir: Path, seed: int = 0, time_limit: float = 10.0, max_draws: int = 2000
+) -> tuple[list[dict[str, str]], Counter]:
+    """The first ``count`` seeded mutants of ``seeds`` (round robin) that ``load_cine`` rejects with a clear
+    ``CineReadError``, kept in ``workdir`` to replay elsewhere (e.g. against a server): ``[{"file", "kind",
+    "message"}]``, and the statuses of all the mutants drawn. Mutants that load (or fail otherwise) are deleted."""
+    rng = random.Random(seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    rejected: list[dict[str, str]] = []
+    drawn: Counter = Counter()
+    worker = LoaderWorker()
+    try:
+        for case in range(max_draws):
+            if len(rejected) == count:
+                break
+            source = seeds[case % len(seeds)]
+            kind, data = mutate(source, rng)
+            while data is None:
+                kind, data = mutate(source, rng)
+            path = workdir / f"case{case:05d}_{Path(source.name).stem}_{kind}.dcm"
+            path.write_bytes(data)
+            status, detail = worker.run(str(path), time_limit)
+            drawn[status] += 1
+            if status == "clear_error":
+                rejected.append({"file": str(path), "kind": kind, "message": detail})
+            else:
+                path.unlink()
+    finally:
+        worker.close()
+    return rejected, drawn

@@ -8,6 +8,12 @@ and a multi-frame DICOM cine (phantoms made here, no shared data), checks that e
 indices and equals the bundle's own inference in this environment, runs a bounded request loop (count and time)
 that also checks the server keeps answering, and always stops the server, verifying its PID is gone. Cached: about
 2 minutes on 2 CPU cores; the first run also builds the environment and compiles the bundle's CPU kernel.
+
+The bad-input test POSTs 50 seeded fuzzed DICOM cines (``tests/fuzzing.py``, mutants the reader rejects) and 10 kinds
+of non-DICOM file: each must be answered 422 with the reader's ``CineReadError`` naming the uploaded file and the
+problem, ``/info/`` must answer after each, the datastore and the server's temporary folder must be left as they were,
+and the server's resident memory (its process group, sampled) must stay under ``RSS_BOUND``; a valid cine must then
+still segment as the bundle does. Under a minute more.
 """
 
 from __future__ import annotations
@@ -16,9 +22,14 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
+import zipfile
+from collections import Counter
+from io import BytesIO
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +37,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, load_script
+from fuzzing import MUTATIONS, make_seed, rejected_mutants, set_raw
+from PIL import Image
 
 SCRIPTS = REPO_ROOT / "scripts"
 VENV = Path(os.environ.get("VIVIM_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
@@ -33,6 +46,9 @@ CONFIGS = REPO_ROOT / "bundle" / "configs"
 MODEL = "vivim_cine_segmentation"  # the packaged bundle's folder name, served under that name
 LOOP_REQUESTS, LOOP_SECONDS = 5, 120.0
 FRAMES = 7  # more than the clip length (5): the sliding clip inferer runs two windows
+FUZZED_CINES, FUZZ_SEED = 50, 0
+REQUEST_TIMEOUT_S, BAD_INPUT_BUDGET_S = 120.0, 900.0  # each bad request; all 60 of them
+RSS_BOUND = 4 << 30  # the server's process group, bytes
 
 
 serve = load_script("serve_monailabel")
@@ -151,7 +167,14 @@ def server(monailabel_venv, tmp_path_factory):
     try:
         assert launched.returncode == 0, launched.stdout + launched.stderr
         info = json.loads(launched.stdout.strip().splitlines()[-1])
-        yield {**info, "workdir": workdir, "weights": weights, "startup_s": startup}
+        yield {
+            **info,
+            "workdir": workdir,
+            "weights": weights,
+            "startup_s": startup,
+            "studies": root / "studies",
+            "pgid": int(state["pgid"]),
+        }
     finally:
         state = state or serve._read_state(workdir)
         stopped = _serve("stop", "--workdir", str(workdir), "--venv", str(monailabel_venv), timeout=120)
@@ -183,6 +206,38 @@ def test_pydicom2_fallbacks_match_pydicom3():
     from vivim_monai.data import dicom
 
     assert dicom._MPEG_TRANSFER_SYNTAXES == {str(uid) for uid in MPEGTransferSyntaxes}
+
+
+def test_frames_beyond_the_stated_count_are_refused(tmp_path):
+    """pydicom 2.4 (the server's) decodes such cines as their first frame(s); the reader refuses them by name."""
+    import pydicom
+    from pydicom import examples
+
+    from vivim_monai.data import CineReadError, load_cine, write_phantom_case
+
+    native = pydicom.dcmread(
+        write_phantom_case(tmp_path, "phantom", seed=0, num_frames=6, height=32, width=48)["image"]
+    )
+    set_raw(native, "NumberOfFrames", "IS", b"")
+    native.save_as(tmp_path / "empty_frames.dcm")
+    with pytest.raises(CineReadError, match=r"empty_frames\.dcm: NumberOfFrames=1 but .* holds 6 frames"):
+        load_cine(tmp_path / "empty_frames.dcm")
+    jpeg = pydicom.dcmread(examples.get_path("ybr_color"))
+    del jpeg.NumberOfFrames
+    jpeg.save_as(tmp_path / "no_frames.dcm")
+    with pytest.raises(CineReadError, match=r"no_frames\.dcm: NumberOfFrames is missing .* holds 30 fragments"):
+        load_cine(tmp_path / "no_frames.dcm")
+
+
+def test_non_dicom_files_are_refused_by_name(tmp_path):
+    """The reader's side of the bad-input test below, without a server."""
+    from vivim_monai.data import CineReadError, load_cine
+
+    cine = _write_cines(tmp_path / "cines")["dicom"]
+    for name, (path, message) in _non_dicom_files(tmp_path / "files", cine).items():
+        with pytest.raises(CineReadError) as refused:
+            load_cine(path)
+        assert str(refused.value).startswith(f"{path}: ") and message in str(refused.value), name
 
 
 @pytest.mark.slow
@@ -221,3 +276,184 @@ def test_monailabel_serves_cines_as_hwt_labels(server, tmp_path):
         loop.append(round(seconds, 2))
     assert loop, "no request of the loop ran within its time budget"
     print(f"\nMONAI Label: startup {server['startup_s']:.1f} s, first requests {latencies}, loop {loop} s")
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------------
+
+
+class GroupRss:
+    """Peak resident memory (VmRSS summed over a process group, from /proc), sampled in a thread every ``interval``."""
+
+    def __init__(self, pgid: int, interval: float = 0.25) -> None:
+        self.pgid, self.interval, self.peak, self.samples = pgid, interval, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> int:
+        total = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if int(Path(entry.path, "stat").read_text().rpartition(")")[2].split()[2]) != self.pgid:
+                    continue
+                status = Path(entry.path, "status").read_text().splitlines()
+                total += sum(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+            except (OSError, ValueError, IndexError):  # the process ended meanwhile
+                continue
+        return total
+
+    @staticmethod
+    def high_water_mark(pid: int) -> int:
+        """The largest resident size ``pid`` has had (VmHWM), in bytes."""
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        return sum(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak, self.samples = max(self.peak, self.sample()), self.samples + 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "GroupRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _fuzzed_cines(folder: Path) -> tuple[list[dict[str, str]], Counter]:
+    """``FUZZED_CINES`` seeded mutants of the phantom and pydicom's ``ybr_color`` that the reader rejects."""
+    from pydicom import examples
+
+    from vivim_monai.data import write_phantom_case
+
+    phantom = Path(write_phantom_case(folder / "src", "phantom", seed=0, num_frames=6, height=64, width=64)["image"])
+    seeds = [
+        make_seed("phantom.dcm", phantom.read_bytes()),
+        make_seed("ybr_color.dcm", Path(examples.get_path("ybr_color")).read_bytes()),
+    ]
+    return rejected_mutants(seeds, FUZZED_CINES, folder / "cases", seed=FUZZ_SEED)
+
+
+def _huge_header_nifti(path: Path) -> bytes:
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), path)
+    data = bytearray(path.read_bytes())
+    data[40:48] = np.array([3, 30000, 30000, 3000], "<i2").tobytes()  # dim[0..3]: a 10 TB volume in 320 bytes
+    return bytes(data)
+
+
+def _non_dicom_files(folder: Path, cine: Path) -> dict[str, tuple[Path, str]]:
+    """Ten kinds of file that are not a readable cine, by descriptive name: (path, what the error must say)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    png, archive = BytesIO(), BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 80), dtype=np.uint8)).save(png, format="PNG")
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.write(cine, cine.name)
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 3, 2), np.float32), np.eye(4)), folder / "four_d_volume.nii.gz")
+    contents = {
+        "empty.dcm": (b"", "empty file (0 bytes)"),
+        "random_bytes.dcm": (rng.bytes(64 << 10), "no 'DICM' marker after the 128-byte preamble"),
+        "png_image_named.dcm": (png.getvalue(), "no 'DICM' marker after the 128-byte preamble"),
+        "notes.txt": (b"not a cine\n" * 100, "unsupported file type"),
+        "truncated_preamble.dcm": (cine.read_bytes()[:100], "100 bytes, shorter than the 128-byte preamble"),
+        "cine_in_archive.zip": (archive.getvalue(), "unsupported file type"),
+        "four_d_volume.nii.gz": ((folder / "four_d_volume.nii.gz").read_bytes(), "found 4 axes"),
+        "request.json": (json.dumps({"image": cine.name, "frames": FRAMES}).encode(), "unsupported file type"),
+        "huge_header_fake.nii": (_huge_header_nifti(folder / "huge.nii"), "over MAX_DECODED_BYTES"),
+        "truncated_frame.png": (png.getvalue()[:60], "unreadable frame image"),
+    }
+    files = {}
+    for name, (data, message) in contents.items():
+        (folder / name).write_bytes(data)
+        files[name] = (folder / name, message)
+    return files
+
+
+def _tree(folder: Path) -> dict[str, int]:
+    """``{relative path: size}`` of every file under ``folder``."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _settled(folder: Path, expected: dict[str, int], seconds: float = 5.0) -> dict[str, int]:
+    """The tree of ``folder`` once it equals ``expected`` (the server removes uploads after answering), or after
+    ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while (tree := _tree(folder)) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return tree
+
+
+def _post(url: str, path: Path) -> tuple[int, str, float]:
+    """(HTTP status, error detail or a note on the label, seconds) of POSTing ``path`` for inference."""
+    tick = time.perf_counter()
+    try:
+        label, result, _ = serve.request_inference(url, MODEL, path, timeout=REQUEST_TIMEOUT_S)
+    except serve.InferenceError as err:
+        return err.status, err.detail, time.perf_counter() - tick
+    return 200, f"served: a {len(label or b'')}-byte label, {json.dumps(result)[:200]}", time.perf_counter() - tick
+
+
+@pytest.mark.slow
+def test_monailabel_bad_input_is_refused_by_name(server, tmp_path):
+    """60 bad uploads: 422 naming the file and the problem, server up, nothing written, memory bounded."""
+    url, channel_def = server["url"], _channel_def()
+    valid = _write_cines(tmp_path / "cines")["dicom"]
+    mutants, drawn = _fuzzed_cines(tmp_path / "fuzz")
+    assert len(mutants) == FUZZED_CINES, drawn
+    bad = [(Path(m["file"]), m["message"].replace(m["file"], Path(m["file"]).name), m["kind"]) for m in mutants]
+    for name, (path, message) in _non_dicom_files(tmp_path / "non_dicom", valid).items():
+        bad.append((path, message, name))
+    studies, temporary = server["studies"], server["workdir"] / serve.TMP_DIR
+    datastore, scratch = _tree(studies), _tree(temporary)
+    records, started = [], time.monotonic()
+    with GroupRss(server["pgid"]) as rss:
+        baseline, hwm_before = rss.sample(), rss.high_water_mark(server["pid"])
+        for path, expected, kind in bad:
+            assert time.monotonic() - started < BAD_INPUT_BUDGET_S, f"budget spent after {len(records)} requests"
+            status, detail, seconds = _post(url, path)
+            record = {"file": path.name, "kind": kind, "status": status, "s": round(seconds, 3), "detail": detail}
+            if kind in MUTATIONS:  # the reader's message in the project's environment (pydicom 3) vs the server's
+                record["same_as_local"] = detail[: len(expected)] == expected[: len(detail)]
+            named = detail.startswith(f"CineReadError: {path.name}: ") and (kind in MUTATIONS or expected in detail)
+            record["ok"] = status == 422 and named
+            records.append(record)
+            assert serve.server_info(url) is not None, f"/info/ stopped answering after {path.name}"
+            assert _tree(studies) == datastore, f"the datastore changed after {path.name}"
+            assert _settled(temporary, scratch) == scratch, f"files left in the server's temporary folder: {path.name}"
+        bad_peak, hwm_bad = rss.peak, rss.high_water_mark(server["pid"])
+        # a valid cine still segments as the bundle does
+        label, result, valid_s = serve.request_inference(url, MODEL, valid, timeout=600)
+        assert label is not None, result
+        served = _check_label(label, _input_shape(valid), set(channel_def), tmp_path)
+        agreement = float(np.mean(_bundle_prediction(server["weights"], valid) == served))
+        hwm_end = rss.high_water_mark(server["pid"])
+    latencies = [r["s"] for r in records]
+    summary = {
+        "requests": len(records),
+        "statuses": dict(Counter(r["status"] for r in records)),
+        "fuzz_draws": dict(drawn),
+        "fuzz_same_message_as_local": sum(bool(r.get("same_as_local")) for r in records),
+        "latency_s": {"median": round(statistics.median(latencies), 3), "max": max(latencies)},
+        "rss_gib": {  # sampled: the server's process group every 0.25 s; hwm: the server process's own peak
+            "before": round(baseline / 2**30, 3),
+            "sampled_peak_bad_input": round(bad_peak / 2**30, 3),
+            "sampled_peak_with_valid": round(rss.peak / 2**30, 3),
+            "samples": rss.samples,
+            "hwm_before": round(hwm_before / 2**30, 3),
+            "hwm_after_bad_input": round(hwm_bad / 2**30, 3),
+            "hwm_after_valid": round(hwm_end / 2**30, 3),
+        },
+        "valid": {"seconds": round(valid_s, 2), "agreement": agreement, "shape": list(served.shape)},
+        "bad_input_wall_s": round(time.monotonic() - started, 1),
+        "records": records,
+    }
+    (tmp_path / "bad_input_summary.json").write_text(json.dumps(summary, indent=1))
+    print("\nMONAI Label bad input:", json.dumps({k: v for k, v in summary.items() if k != "records"}))
+    unclear = [r for r in records if not r["ok"]]
+    assert not unclear, f"{len(unclear)} bad inputs not refused with 422 naming the file and problem: {unclear[:5]}"
+    assert agreement >= 0.999, f"after bad input, MONAI Label and the bundle agree on {agreement:.4%}"
+    peak = max(rss.peak, hwm_end)
+    assert peak < RSS_BOUND, f"peak RSS {peak / 2**30:.2f} GiB over {RSS_BOUND / 2**30:.0f} GiB"

@@ -188,6 +188,8 @@ def _load_path(path: Path, pattern: str) -> MetaTensor:
         return _load_frame_folder(path, pattern)
     if not path.is_file():
         raise CineReadError(f"{path}: no such file or folder")
+    if path.stat().st_size == 0:
+        raise CineReadError(f"{path}: empty file (0 bytes)")
     name = path.name.lower()
     if name.endswith((".dcm", ".dicom")) or has_dicom_preamble(path):
         return read_dicom_cine(path)

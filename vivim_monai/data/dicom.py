@@ -172,6 +172,23 @@ def _check_image_module(ds: pydicom.Dataset, path: str, frames: int) -> None:
         )
 
 
+def _check_native_frames(ds: pydicom.Dataset, path: str, frames: int) -> None:
+    """Native pixel data must not hold whole frames beyond ``NumberOfFrames``: pydicom 2.4 drops them as padding
+    (a 6-frame cine with an empty ``NumberOfFrames`` decodes as its first frame), pydicom 3 returns them."""
+    rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    samples = _integer(ds, "SamplesPerPixel", path, 1)
+    frame_bits = rows * columns * samples * bits
+    if str(_optional(ds, "PhotometricInterpretation") or "").strip().upper() == "YBR_FULL_422":
+        frame_bits = frame_bits * 2 // 3  # two chroma samples shared by each pair of pixels
+    data_bits = len(ds.PixelData) * 8
+    held = data_bits // frame_bits
+    if held > frames and data_bits - frames * frame_bits > 8:  # one trailing byte may pad to an even length
+        raise CineReadError(
+            f"{path}: NumberOfFrames={frames} but the pixel data ({len(ds.PixelData)} bytes) holds {held} frames of "
+            f"{rows}x{columns}x{samples} at {bits} bits; NumberOfFrames is wrong or missing"
+        )
+
+
 def _count_fragments(data: bytes, path: str) -> int:
     """Number of fragments of encapsulated pixel data (each frame has at least one)."""
     try:
@@ -203,7 +220,7 @@ def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[s
     before decoding, so a corrupt header raises :class:`CineReadError` instead of a huge allocation or garbage.
     """
     if "PixelData" not in ds:
-        raise CineReadError(f"{path}: DICOM file has no pixel data (PixelData element missing); not an image?")
+        raise CineReadError(f"{path}: DICOM file has no pixel data (no PixelData element): truncated or not an image")
     frames = _integer(ds, "NumberOfFrames", path, default=1)
     if frames < 1 or not ds.get("PixelData"):
         raise CineReadError(
@@ -219,11 +236,20 @@ def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[s
             f"(e.g. ffmpeg) or re-export the cine with JPEG or uncompressed frames"
         )
     _check_image_module(ds, path, frames)
-    if syntax is not None and syntax.is_encapsulated and _count_fragments(ds.PixelData, path) < frames:
-        raise CineReadError(
-            f"{path}: NumberOfFrames={frames} but the encapsulated pixel data holds fewer fragments; "
-            f"NumberOfFrames is wrong or the file is truncated"
-        )
+    if syntax is not None and syntax.is_encapsulated:
+        fragments = _count_fragments(ds.PixelData, path)
+        if fragments < frames:
+            raise CineReadError(
+                f"{path}: NumberOfFrames={frames} but the encapsulated pixel data holds fewer fragments; "
+                f"NumberOfFrames is wrong or the file is truncated"
+            )
+        if fragments > 1 and _optional(ds, "NumberOfFrames") in (None, ""):  # pydicom 2.4 would decode one frame
+            raise CineReadError(
+                f"{path}: NumberOfFrames is missing or empty but the encapsulated pixel data holds {fragments} "
+                f"fragments; a multi-frame cine needs its frame count"
+            )
+    else:
+        _check_native_frames(ds, path, frames)
     try:
         pixels = ds.pixel_array
     except Exception as err:  # pydicom raises many types for broken or undecodable pixel data
@@ -285,10 +311,29 @@ def dicom_cine_array(ds: pydicom.Dataset, path: str) -> tuple[np.ndarray, dict[s
     return array, meta
 
 
+def _part10_problem(path: str) -> str | None:
+    """Why ``path`` is not a DICOM Part 10 file (empty, too short, no ``DICM`` marker); None when it looks like one."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return None
+    if size == 0:
+        return "empty file, 0 bytes"
+    if size < 132:
+        return f"{size} bytes, shorter than the 128-byte preamble and 'DICM' marker that start a DICOM file"
+    if head[128:132] != b"DICM":
+        return "no 'DICM' marker after the 128-byte preamble: not a DICOM file, or not a Part 10 one"
+    return None
+
+
 def _read_dataset(path: str) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path)
-    except (OSError, pydicom.errors.InvalidDicomError) as err:
+    except pydicom.errors.InvalidDicomError as err:
+        raise CineReadError(f"{path}: not a readable DICOM file ({_part10_problem(path) or err})") from err
+    except OSError as err:
         raise CineReadError(f"{path}: not a readable DICOM file ({err})") from err
     except Exception as err:  # truncated or corrupt headers surface as assorted errors inside pydicom
         raise CineReadError(f"{path}: corrupt DICOM header ({type(err).__name__}: {err})") from err
