@@ -28,7 +28,7 @@ from vivim_monai.experiments import (
     winner_sentence,
     write_comparison,
 )
-from vivim_monai.experiments.draw import PALETTE
+from vivim_monai.io.draw import PALETTE
 
 MODELS = ("vivim_tiny", "per_frame_unet_small")
 OVERRIDES = {"spatial_size": [64, 64], "in_channels": 1, "channel_mean": [0.5], "channel_std": [0.25]}  # grey input

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from vivim_monai.io._labels import as_label_volume
 from vivim_monai.io.atomic import atomic_write, atomic_write_csv
+from vivim_monai.io.draw import Series, draw_legend, draw_panel, font
 from vivim_monai.io.overlay import DEFAULT_CLASS_COLOURS
 
 __all__ = ["area_curves", "frame_areas", "write_area_plot", "write_frame_csv"]
@@ -90,8 +91,6 @@ def write_area_plot(
     in mm² when ``spacing_mm`` (row, column) is known, else in pixels; time in seconds when ``frame_time_ms`` is
     known, else frame numbers (0-based, as in the CSV). Written atomically.
     """
-    # the report's chart helpers; here, not at the top: vivim_monai.experiments imports this package (and TensorBoard)
-    from vivim_monai.experiments.draw import Series, draw_legend, draw_panel, font
 
     names = [str(name) for name in class_names]
     times, areas = area_curves(labels, len(names), spacing_mm, frame_time_ms)

@@ -157,7 +157,7 @@ def _describe(module: torch.nn.Module) -> str:
     from the module, else from a wrapped ``module.network`` such as a per-frame 2-D network)."""
     inner = getattr(module, "network", None)
     found = []
-    for name in ("variant", "encoder_name", "in_channels", "out_channels"):
+    for name in ("variant", "in_channels", "out_channels", "encoder_name"):
         owner = module if hasattr(module, name) else inner if hasattr(inner, name) else None
         if owner is not None and not isinstance(getattr(owner, name), torch.nn.Module):
             found.append(f"{name}={getattr(owner, name)!r}")

@@ -1,4 +1,5 @@
-"""Small Pillow drawing helpers for the report: fonts, line-chart panels with ticks, legends, titled tiles."""
+"""Small Pillow drawing helpers for charts (comparison report, area-over-time plots): fonts, line-chart panels with
+ticks, legends, titled tiles."""
 
 from __future__ import annotations
 
