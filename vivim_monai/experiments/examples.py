@@ -11,9 +11,9 @@ from monai.data import decollate_batch, list_data_collate
 from PIL import Image, ImageDraw
 
 from vivim_monai.data import load_datalist
-from vivim_monai.io.draw import draw_legend, font, text_size
 from vivim_monai.experiments.runs import ModelRun, model_parser
 from vivim_monai.io import DEFAULT_CLASS_COLOURS, atomic_write, overlay_frames
+from vivim_monai.io.draw import draw_legend, font, text_size
 
 __all__ = ["checkpoint_path", "frame_dice", "predict_case", "write_examples"]
 
