@@ -28,7 +28,7 @@ def bundle_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     make_phantom_data(root, cases=4, frames=8, folds=2)
     common = {"bundle_root": str(root), "dataset_dir": str(root / "data"), "spatial_size": [64, 64]}
-    common["network_def#variant"] = "tiny"
+    common.update({"network_def#variant": "tiny", "network_def#pretrained": False})
     train = bundle_workflow("train", ["train.json"], fold=0, epochs=2, batch_size=2, max_numerosity=2, **common)
     train.initialize()
     assert not train.check_properties(), "every Model Zoo train property is present"
@@ -97,7 +97,7 @@ def test_metadata_and_network_in_out(tmp_path):
         n=1,
         any=3,
         device="cpu",
-        **{"network_def#variant": "tiny"},
+        **{"network_def#variant": "tiny", "network_def#pretrained": False},
     )
 
 
@@ -108,7 +108,18 @@ def test_multi_gpu_training_on_cpu_with_gloo(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
     command += ["-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", META, "--logging_file", LOGGING]
     command += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--spatial_size", "[64,64]"]
-    command += ["--network_def#variant", "tiny", "--epochs", "1", "--batch_size", "1", "--max_numerosity", "1"]
+    command += [
+        "--network_def#variant",
+        "tiny",
+        "--network_def#pretrained",
+        "False",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "1",
+        "--max_numerosity",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -129,7 +140,7 @@ def test_training_resumes_from_the_last_state(bundle_run):
         batch_size=2,
         max_numerosity=2,
         resume_checkpoint=str(state),
-        **{"network_def#variant": "tiny"},
+        **{"network_def#variant": "tiny", "network_def#pretrained": False},
         **common,
     )
     resumed.initialize()
@@ -153,7 +164,7 @@ def test_paper_recipe_overlay_trains_the_edge_head(tmp_path):
         epochs=1,
         batch_size=2,
         max_numerosity=1,
-        **{"network_def#variant": "tiny"},
+        **{"network_def#variant": "tiny", "network_def#pretrained": False},
     )
     workflow.initialize()
     network = workflow.parser.get_parsed_content("network")
@@ -169,7 +180,13 @@ def test_paper_recipe_overlay_trains_the_edge_head(tmp_path):
 def test_cross_validation_script_runs_every_fold_and_the_final_model(tmp_path):
     datalist = make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
     command = [sys.executable, "scripts/cross_validate.py", str(datalist), "--output", str(tmp_path / "cv"), "--final"]
-    for override in ("epochs=1", "spatial_size=[64,64]", "network_def#variant=tiny", "max_numerosity=1"):
+    for override in (
+        "epochs=1",
+        "spatial_size=[64,64]",
+        "network_def#variant=tiny",
+        "network_def#pretrained=False",
+        "max_numerosity=1",
+    ):
         command += ["--set", override]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -243,7 +260,12 @@ def test_multi_gpu_evaluation_on_cpu_with_gloo(tmp_path):
     make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
     common = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data"), "spatial_size": [64, 64]}
     train = bundle_workflow(
-        "train", ["train.json"], epochs=1, max_numerosity=1, **{"network_def#variant": "tiny"}, **common
+        "train",
+        ["train.json"],
+        epochs=1,
+        max_numerosity=1,
+        **{"network_def#variant": "tiny", "network_def#pretrained": False},
+        **common,
     )
     train.initialize()
     train.run()
@@ -252,7 +274,14 @@ def test_multi_gpu_evaluation_on_cpu_with_gloo(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
     command += ["-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", META, "--logging_file", LOGGING]
     command += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--spatial_size", "[64,64]"]
-    command += ["--network_def#variant", "tiny", "--output_dir", str(tmp_path / "eval_ddp")]
+    command += [
+        "--network_def#variant",
+        "tiny",
+        "--network_def#pretrained",
+        "False",
+        "--output_dir",
+        str(tmp_path / "eval_ddp"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -193,7 +193,13 @@ def test_export_script_from_the_bundle_config(tmp_path):
     torch.manual_seed(3)
     source = Vivim("tiny", in_channels=3, out_channels=3)
     torch.save({"model": source.state_dict()}, tmp_path / "model.pt")
-    command = [sys.executable, "scripts/export_model.py", "--override", "network_def#variant=tiny"]
+    command = [
+        sys.executable,
+        "scripts/export_model.py",
+        "--override",
+        "network_def#variant=tiny",
+        "network_def#pretrained=False",
+    ]
     command += ["--clip-shape", "3", "32", "32", "3", "--format", "torchscript"]
 
     def export(checkpoint: str, output: str) -> subprocess.CompletedProcess:
@@ -226,7 +232,7 @@ def test_monai_ckpt_export_with_trace_writes_a_faithful_model(tmp_path):
     command += ["--filepath", str(tmp_path / "model.ts"), "--ckpt_file", str(tmp_path / "model.pt")]
     command += ["--meta_file", BUNDLE_META, "--config_file", str(BUNDLE_CONFIGS / "inference.json")]
     command += ["--use_trace", "True", "--input_shape", "[1,3,64,64,5]", "--key_in_ckpt", "model"]
-    command += ["--network_def#variant", "tiny"]
+    command += ["--network_def#variant", "tiny", "--network_def#pretrained", "False"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     files = {"metadata.json": "", "inference.json": ""}
