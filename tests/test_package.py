@@ -41,6 +41,19 @@ def test_zoo_layout_and_vendored_code(packaged):
         assert "vivim_monai" not in path.read_text(), f"{path} still refers to the repository package"
 
 
+def test_the_package_carries_the_released_models(packaged):
+    folder, _ = packaged
+    released = json.loads((REPO_ROOT / "bundle" / "models" / "released.json").read_text())
+    assert released, "bundle/models/released.json lists no model"
+    assert json.loads((folder / "models" / "released.json").read_text()) == released
+    listing = (folder / "large_files.yml").read_text()
+    for name, entry in released.items():
+        copy = folder / entry["file"]
+        assert file_digest(copy) == entry["sha256"], f"{name}: packaged weights differ from the released ones"
+        assert (folder / entry["config"]).is_file(), f"{name}: its overlay {entry['config']} is not packaged"
+        assert f'path: "{entry["file"]}"' in listing and entry["sha256"] in listing
+
+
 def test_configs_are_the_source_configs_renamed(packaged):
     folder, _ = packaged
     for source in sorted((REPO_ROOT / "bundle" / "configs").glob("*.json")):
