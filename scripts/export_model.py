@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="bundle config with the network")
-    source.add_argument("--variant", choices=["tiny", "b0", "b1", "b2", "b3"], help="Vivim variant instead")
+    source.add_argument("--variant", choices=["lite0", "tiny", "b0", "b1", "b2", "b3"], help="Vivim variant instead")
     parser.add_argument("--net-id", default="network_def", help="network id in --config")
     parser.add_argument("--override", nargs="*", default=[], metavar="ID=VALUE", help="e.g. network_def#variant=tiny")
     parser.add_argument("--in-channels", type=int, default=3, help="with --variant")

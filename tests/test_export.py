@@ -198,7 +198,7 @@ def test_export_script_from_the_bundle_config(tmp_path):
         "scripts/export_model.py",
         "--override",
         "network_def#variant=tiny",
-        "network_def#pretrained=False",
+        "network_def#pretrained=false",
     ]
     command += ["--clip-shape", "3", "32", "32", "3", "--format", "torchscript"]
 
