@@ -16,7 +16,7 @@ import torch
 from conftest import BUNDLE_CONFIGS as CONFIGS
 from conftest import BUNDLE_LOGGING as LOGGING
 from conftest import BUNDLE_META as META
-from conftest import REPO_ROOT, SHARED_SCHEMAS, bundle_workflow
+from conftest import REPO_ROOT, SHARED_SCHEMAS, TINY_NETWORK, bundle_workflow
 from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
 
 from vivim_monai.data import load_cine, make_phantom_data
@@ -28,7 +28,7 @@ def bundle_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     make_phantom_data(root, cases=4, frames=8, folds=2)
     common = {"bundle_root": str(root), "dataset_dir": str(root / "data"), "spatial_size": [64, 64]}
-    common.update({"network_def#variant": "tiny", "network_def#pretrained": False})
+    common.update(TINY_NETWORK)
     train = bundle_workflow("train", ["train.json"], fold=0, epochs=2, batch_size=2, max_numerosity=2, **common)
     train.initialize()
     assert not train.check_properties(), "every Model Zoo train property is present"
@@ -97,7 +97,7 @@ def test_metadata_and_network_in_out(tmp_path):
         n=1,
         any=3,
         device="cpu",
-        **{"network_def#variant": "tiny", "network_def#pretrained": False},
+        **TINY_NETWORK,
     )
 
 
@@ -108,18 +108,8 @@ def test_multi_gpu_training_on_cpu_with_gloo(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
     command += ["-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", META, "--logging_file", LOGGING]
     command += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--spatial_size", "[64,64]"]
-    command += [
-        "--network_def#variant",
-        "tiny",
-        "--network_def#pretrained",
-        "False",
-        "--epochs",
-        "1",
-        "--batch_size",
-        "1",
-        "--max_numerosity",
-        "1",
-    ]
+    command += [arg for key, value in TINY_NETWORK.items() for arg in (f"--{key}", str(value))]
+    command += ["--epochs", "1", "--batch_size", "1", "--max_numerosity", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -140,7 +130,7 @@ def test_training_resumes_from_the_last_state(bundle_run):
         batch_size=2,
         max_numerosity=2,
         resume_checkpoint=str(state),
-        **{"network_def#variant": "tiny", "network_def#pretrained": False},
+        **TINY_NETWORK,
         **common,
     )
     resumed.initialize()
@@ -164,7 +154,7 @@ def test_paper_recipe_overlay_trains_the_edge_head(tmp_path):
         epochs=1,
         batch_size=2,
         max_numerosity=1,
-        **{"network_def#variant": "tiny", "network_def#pretrained": False},
+        **TINY_NETWORK,
     )
     workflow.initialize()
     network = workflow.parser.get_parsed_content("network")
@@ -180,13 +170,8 @@ def test_paper_recipe_overlay_trains_the_edge_head(tmp_path):
 def test_cross_validation_script_runs_every_fold_and_the_final_model(tmp_path):
     datalist = make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
     command = [sys.executable, "scripts/cross_validate.py", str(datalist), "--output", str(tmp_path / "cv"), "--final"]
-    for override in (
-        "epochs=1",
-        "spatial_size=[64,64]",
-        "network_def#variant=tiny",
-        "network_def#pretrained=False",
-        "max_numerosity=1",
-    ):
+    overrides = ["epochs=1", "spatial_size=[64,64]", "max_numerosity=1"]
+    for override in overrides + [f"{key}={value}" for key, value in TINY_NETWORK.items()]:
         command += ["--set", override]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -264,7 +249,7 @@ def test_multi_gpu_evaluation_on_cpu_with_gloo(tmp_path):
         ["train.json"],
         epochs=1,
         max_numerosity=1,
-        **{"network_def#variant": "tiny", "network_def#pretrained": False},
+        **TINY_NETWORK,
         **common,
     )
     train.initialize()
@@ -274,14 +259,8 @@ def test_multi_gpu_evaluation_on_cpu_with_gloo(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
     command += ["-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", META, "--logging_file", LOGGING]
     command += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--spatial_size", "[64,64]"]
-    command += [
-        "--network_def#variant",
-        "tiny",
-        "--network_def#pretrained",
-        "False",
-        "--output_dir",
-        str(tmp_path / "eval_ddp"),
-    ]
+    command += [arg for key, value in TINY_NETWORK.items() for arg in (f"--{key}", str(value))]
+    command += ["--output_dir", str(tmp_path / "eval_ddp")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -21,7 +21,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import REPO_ROOT, bundle_workflow, tree_digests
+from conftest import REPO_ROOT, TINY_NETWORK, bundle_workflow, tree_digests
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from PIL import Image
@@ -33,7 +33,7 @@ from vivim_monai.io import read_dicom_seg_labels
 from vivim_monai.networks import PerFrameUNet, Vivim
 from vivim_monai.transforms import clip_augmentation
 
-TINY = {"spatial_size": [64, 64], "network_def#variant": "tiny", "network_def#pretrained": False}
+TINY = {"spatial_size": [64, 64], **TINY_NETWORK}
 # 2 training cases x 2 clips of 3 frames, batches of 2: 2 iterations per epoch, validation on 2 cases every epoch
 TRAIN = {**TINY, "fold": 0, "epochs": 2, "batch_size": 2, "clip_length": 3, "max_numerosity": 2}
 TEMPORARY = re.compile(r"^\..+\.tmp")  # atomic_write's hidden temporaries: .<name>.<random>.tmp<suffixes>
