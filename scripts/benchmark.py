@@ -22,13 +22,13 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from vivim_monai.metrics import DeviceTimer, time_calls
 from vivim_monai.networks import Vivim
 from vivim_monai.networks.blocks import TriDirectionalMamba
 from vivim_monai.ops import (
@@ -53,19 +53,8 @@ def machine_description() -> str:
 
 
 def time_call(fn: Callable[[], object], repeats: int, device: torch.device, warmup: bool = True) -> float:
-    """Median seconds over ``repeats`` calls (after one warm-up call), synchronising CUDA around each call."""
-    if warmup:
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds over ``repeats`` calls (after one warm-up call), each timed between device synchronisations."""
+    return statistics.median(time_calls(fn, repeats, device, warmup=int(warmup)))
 
 
 # ----------------------------------------------------------------------------------------------------------- scan
@@ -177,10 +166,10 @@ def network_from_overlay(overlay: str, in_channels: int = 3, num_classes: int = 
     """The ``network_def`` of a network overlay (``configs/<name>.json``) on top of the bundle's train.json."""
     from monai.bundle import ConfigParser
 
-    from vivim_monai.bundle_cli import BUNDLE_DIR
+    from vivim_monai.bundle_cli import find_bundle
 
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE_DIR / "configs" / "train.json"), overlay])
+    parser.read_config([str(find_bundle() / "configs" / "train.json"), overlay])
     parser["in_channels"], parser["class_names"] = in_channels, [f"class {k}" for k in range(num_classes)]
     return parser.get_parsed_content("network_def")
 
@@ -233,10 +222,9 @@ def memory_worker(args: argparse.Namespace) -> None:
                     setattr(module, name, GlobalAttentionMixer(child.dim))
     x = torch.randn(1, 3, args.size, args.size, args.frames)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), DeviceTimer() as timer:
         net(x)
-    seconds = time.perf_counter() - start
+    seconds = timer.seconds
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_mb": peak / 1024, "increase_mb": (peak - before) / 1024, "seconds": seconds}))
 
@@ -327,9 +315,7 @@ def _interleaved_medians(calls: list[Callable[[], object]], repeats: int) -> np.
     times = np.zeros((repeats, len(calls)))
     for repeat in range(repeats):
         for index, call in enumerate(calls):
-            start = time.perf_counter()
-            call()
-            times[repeat, index] = time.perf_counter() - start
+            times[repeat, index] = time_calls(call, 1, warmup=0)[0]
     return np.median(times, axis=0)
 
 
@@ -376,9 +362,9 @@ def bench_export(args: argparse.Namespace) -> None:
         facts: dict[str, tuple[str, str]] = {name: ("-", "-") for name in eager}
         with tempfile.TemporaryDirectory() as folder:
             for fmt in formats:
-                start = time.perf_counter()
-                path = export_network(eager["eager, torch scan"], x, os.path.join(folder, "model" + FORMATS[fmt]))
-                seconds = time.perf_counter() - start
+                with DeviceTimer() as timer:
+                    path = export_network(eager["eager, torch scan"], x, os.path.join(folder, "model" + FORMATS[fmt]))
+                seconds = timer.seconds
                 name = {"torchscript": "TorchScript (trace)", "program": "torch.export .pt2", "onnx": "ONNX Runtime"}
                 runners[name[fmt]] = load_exported(path, threads=args.threads)
                 facts[name[fmt]] = (f"{seconds:.0f}", f"{os.path.getsize(path) / 2**20:.1f}")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command, parse_override, run_bundle
-from vivim_monai.io import atomic_write
+from vivim_monai.bundle_cli import bundle_command, find_bundle, parse_override, run_bundle
+from vivim_monai.utils import atomic_write
 
 METRICS = ("dice", "jaccard", "precision", "recall", "specificity", "hd95")
 
@@ -93,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--final", action="store_true", help="also retrain on all folds into <output>/final")
     parser.add_argument("--config", action="append", default=[], help="config overlay merged after train.json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override")
-    parser.add_argument("--bundle", default=str(BUNDLE_DIR), help="bundle folder (configs/)")
+    parser.add_argument(
+        "--bundle", help="bundle folder (configs/; default: the checkout's bundle/ or $VIVIM_BUNDLE_DIR)"
+    )
     parser.add_argument("--rerun", action="store_true", help="repeat folds an earlier run already evaluated")
     args = parser.parse_args(argv)
-    datalist, output, bundle = Path(args.datalist).resolve(), Path(args.output).resolve(), Path(args.bundle)
+    datalist, output, bundle = Path(args.datalist).resolve(), Path(args.output).resolve(), find_bundle(args.bundle)
     overrides = dict(parse_override(text) for text in args.set)
     overlays = [str(Path(c).resolve()) for c in args.config]
     train, evaluate = ["train.json", *overlays], ["train.json", *overlays, "evaluate.json"]

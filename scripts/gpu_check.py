@@ -872,9 +872,9 @@ def bundle_scan_backend(check: Check) -> tuple[str, dict[str, str]]:
 def run_bundle_logged(
     check: Check, name: str, configs: list[str], overrides: dict[str, Any], env: dict[str, str]
 ) -> Outcome:
-    from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command
+    from vivim_monai.bundle_cli import bundle_command, find_bundle
 
-    command = bundle_command(BUNDLE_DIR, configs, overrides)
+    command = bundle_command(find_bundle(), configs, overrides)
     print(f"  $ {' '.join(command)}", flush=True)
     return run_bounded(command, check.settings.work / f"{name}.log", max(1.0, check.remaining()), env)
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from vivim_monai.data.folds import assign_folds, assign_temporal_blocks, temporal_block_report
-from vivim_monai.io import atomic_write
+from vivim_monai.utils import atomic_write
 
 DEFAULT_FOLDS, DEFAULT_GUARD = 5, 3
 KFOLD_OPTIONS = ("n_folds", "group_key", "attribute", "seeds")  # assign_folds keywords; None = not given

@@ -223,7 +223,7 @@ def build_bundle(source_bundle: Path, destination: Path, weights: Path | None = 
 
 def write_zip(folder: Path, path: Path) -> None:
     """Deterministic zip (sorted names, fixed dates) with ``folder.name/`` as its top folder; written atomically."""
-    from vivim_monai.io import atomic_write  # the repository's writer; this script runs in the project environment
+    from vivim_monai.utils import atomic_write  # the repository's writer; this script runs in the project environment
 
     def write(temporary: str) -> None:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command, run_bundle
+from vivim_monai.bundle_cli import bundle_command, find_bundle, run_bundle
 from vivim_monai.data import LAYOUTS, discover_cases, write_datalist
-from vivim_monai.io import atomic_write
 from vivim_monai.networks.weights import checkpoint_state, read_checkpoint
+from vivim_monai.utils import atomic_write
 
 MANIFEST = "released.json"
 #: Keys of the dataset / network overlays that shape inference (the rest is training recipe).
@@ -119,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="what the model was trained on (for the manifest)")
     parser.add_argument("--licence", required=True, help="licence of the training data")
     parser.add_argument("--command", required=True, help="the command that reproduces the training")
-    parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR)
+    parser.add_argument("--bundle", type=Path, help="bundle folder (default: the checkout's bundle/)")
     args = parser.parse_args(argv)
     if not args.name.isidentifier():
         raise SystemExit(f"--name {args.name!r}: use letters, digits and underscores")
-    bundle = args.bundle
+    bundle = find_bundle(args.bundle)
     state = half_precision(checkpoint_state(read_checkpoint(args.checkpoint), args.checkpoint))
     weights = bundle / "models" / f"{args.name}.pt"
     atomic_write(weights, lambda tmp: torch.save({"model": state}, tmp))

@@ -33,13 +33,13 @@ columns, frames: time last) or multi-frame DICOM; the label that comes back is a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -47,6 +47,7 @@ import uuid
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = REPO_ROOT / ".venv-monailabel"
@@ -145,19 +146,22 @@ def _read_state(workdir: Path) -> dict | None:
         return None
 
 
+def _load_atomic_writer() -> Any:
+    """The project's :func:`vivim_monai.utils.atomic_write`, loaded from its file (standard library only), so this
+    script stays runnable by any Python without the package installed."""
+    source = Path(__file__).resolve().parents[1] / "vivim_monai" / "utils" / "atomic.py"
+    spec = importlib.util.spec_from_file_location("_vivim_monai_atomic", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.atomic_write
+
+
+_atomic_write = _load_atomic_writer()
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename (no partial file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (no partial file at ``path``, whatever happens)."""
+    _atomic_write(path, lambda name: Path(name).write_bytes(data))
 
 
 def process_alive(pid: int) -> bool:

@@ -301,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             checks.record("clean venv from metadata pins", True, str(python), time.perf_counter() - started)
         runtime_checks(bundle, python, args.schema, checks)
     if args.report:
-        from vivim_monai.io import atomic_write  # the repository's writer; this script runs in the project environment
+        from vivim_monai.utils import (
+            atomic_write,  # the repository's writer; this script runs in the project environment
+        )
 
         report = json.dumps(checks.results, indent=4, ensure_ascii=False) + "\n"
         atomic_write(args.report, lambda temporary: Path(temporary).write_text(report, encoding="utf-8"))

@@ -72,10 +72,10 @@ def test_bundle_command_values_reach_monai_bundle_run_typed():
     the string ``'false'`` (JSON) — an ``amp=False`` override once switched AMP on."""
     from fire.parser import DefaultParseValue
 
-    from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command
+    from vivim_monai.bundle_cli import bundle_command, find_bundle
 
     values = {"amp": False, "resume_checkpoint": None, "spatial_size": [256, 128], "lr": 0.5, "n": {"a": True}}
-    command = bundle_command(BUNDLE_DIR, ["train.json"], {**values, "bundle_root": "/tmp/x"})
+    command = bundle_command(find_bundle(), ["train.json"], {**values, "bundle_root": "/tmp/x"})
     for key, value in values.items():
         assert DefaultParseValue(command[command.index(f"--{key}") + 1]) == value
     assert command[command.index("--bundle_root") + 1] == "/tmp/x"

@@ -108,6 +108,14 @@ def _entries(n_groups=12, per_group=2, seed=0):
     return entries
 
 
+def test_fold_report_counts_groups_of_the_given_group_key():
+    entries = [{**e, "patient": e.pop("group")} for e in _entries()]  # the grouping under another key
+    folds, report = assign_folds(entries, 3, group_key="patient")
+    for k, summary in enumerate(report["folds"]):
+        patients = {e["patient"] for e, f in zip(entries, folds) if f == k}
+        assert summary["n_groups"] == len(patients) > 1, "counted from the group_key, not a missing 'group'"
+
+
 def test_folds_keep_groups_together_and_are_reproducible():
     entries = _entries()
     folds, report = assign_folds(entries, 5, attribute="histological")

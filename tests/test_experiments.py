@@ -288,6 +288,7 @@ def test_frame_dice_counts_foreground_classes_only():
     half[2:4, 2:6] = 0
     assert math.isclose(frame_dice(half, truth), 2 * 8 / (8 + 16))
     assert math.isnan(frame_dice(np.zeros_like(truth), np.zeros_like(truth)))
+    assert frame_dice(truth * 2, truth * 2) == 1.0, "class 1, absent from both, is not scored"
 
 
 def _write_fold_tables(folder: Path, cases: dict[str, list[float]]) -> None:

@@ -21,15 +21,14 @@ from PIL import Image
 
 import vivim_monai.handlers.report as report_module
 from vivim_monai.data import ClipDataset, ClipSampler, load_cine, write_phantom_case
+from vivim_monai.engines import case_fields, engine_cases
 from vivim_monai.handlers import (
     TEMPORAL_KEYS,
     CaseOutputHandler,
     ClipEpochResampler,
     EvaluationReport,
     InferenceTimer,
-    case_fields,
     count_frames,
-    engine_cases,
 )
 from vivim_monai.io import read_dicom_seg_labels
 from vivim_monai.metrics import confusion_matrix, per_frame_metrics, summarise, temporal_consistency

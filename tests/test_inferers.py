@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
+from monai.data.utils import compute_importance_map
 
 from vivim_monai.inferers import SlidingClipInferer, clip_windows
 from vivim_monai.networks import Vivim
@@ -49,6 +50,38 @@ def test_windows_cover_every_frame_and_end_on_the_last(frames, length, stride):
     assert covered == set(range(frames))
     starts = [start for start, _ in windows]
     assert starts == sorted(set(starts))
+
+
+def test_windows_are_the_regular_starts_plus_one_ending_on_the_last_frame():
+    """The positions of the earlier hand-written windowing, now MONAI's, for every small case."""
+    for frames in range(1, 40):
+        for length in range(1, 9):
+            for stride in range(1, length + 1):
+                if frames <= length:
+                    expected = [(0, frames)]
+                else:
+                    starts = list(range(0, frames - length + 1, stride))
+                    starts += [frames - length] if starts[-1] + length < frames else []
+                    expected = [(start, start + length) for start in starts]
+                assert clip_windows(frames, length, stride) == expected, (frames, length, stride)
+                if frames > length:  # and the inferer's overlap gives MONAI exactly this stride
+                    overlap = length - stride
+                    inferer = SlidingClipInferer(clip_length=length, overlap=overlap)
+                    interval = int(length * (1 - inferer._monai_inferer().overlap[-1]))
+                    assert interval == stride, (length, stride)
+
+
+def test_gaussian_blending_weights_each_window_by_its_temporal_gaussian():
+    net = network()
+    x = cine(17)
+    inferer = SlidingClipInferer(clip_length=6, overlap=3, mode="gaussian", sigma_scale=0.25)
+    weight = compute_importance_map((6,), mode="gaussian", sigma_scale=0.25).double()
+    total, norm = torch.zeros(1, 3, 16, 16, 17, dtype=torch.float64), torch.zeros(17, dtype=torch.float64)
+    with torch.no_grad():
+        for start, stop in inferer.windows(17):
+            total[..., start:stop] += net(x[..., start:stop]).double() * weight
+            norm[start:stop] += weight
+    torch.testing.assert_close(inferer(x, net).double(), total / norm, rtol=1e-5, atol=1e-5)
 
 
 def test_short_cine_is_one_window_of_its_own_length():

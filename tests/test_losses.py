@@ -8,7 +8,6 @@ import torch
 from scipy import ndimage
 
 from vivim_monai.losses import (
-    LOSSES,
     OVARIAN_FOCAL_ALPHA,
     BoundaryLoss,
     ClassBalancedFocalLoss,
@@ -18,7 +17,6 @@ from vivim_monai.losses import (
     InverseNet,
     SegmentationWithBoundaryLoss,
     StructureLoss,
-    build_loss,
     one_hot_labels,
     sobel_edges,
 )
@@ -371,11 +369,3 @@ def test_inverseform_checkpoint_errors(tmp_path):
     stand_in_checkpoint(tmp_path / "small.pth", patch_size=8, prefix="")
     with pytest.raises(ValueError, match=r"small\.pth does not fit InverseNet\(patch_size=16\).*wrong shape"):
         InverseFormLoss(tmp_path / "small.pth", patch_size=16)
-
-
-def test_build_loss():
-    assert isinstance(build_loss("structure", frames="center"), StructureLoss)
-    assert build_loss("focal_tversky", alpha=OVARIAN_FOCAL_ALPHA).focal.alpha == OVARIAN_FOCAL_ALPHA
-    assert {"focal_tversky", "structure", "dice_ce", "boundary"} <= LOSSES.keys()
-    with pytest.raises(ValueError, match="unknown loss 'dice'"):
-        build_loss("dice")

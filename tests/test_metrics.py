@@ -14,21 +14,22 @@ from monai.data import MetaTensor
 from monai.handlers import from_engine
 from monai.metrics import compute_hausdorff_distance, get_confusion_matrix
 
+from vivim_monai.handlers import ClipMeanDice
 from vivim_monai.metrics import (
     ClipFrameMetric,
-    ClipMeanDice,
+    DeviceTimer,
     TemporalReference,
     class_areas,
     confusion_matrix,
     consecutive_iou,
     foreground_mean,
-    measure_fps,
     normalise_confusion,
     per_frame_metrics,
     summarise,
     tc_residual,
     temporal_consistency,
     temporal_reference,
+    time_calls,
 )
 
 
@@ -242,7 +243,7 @@ def test_clip_metric_on_decollated_lists_and_bundle_config():
     parser = ConfigParser(
         {
             "m": {
-                "_target_": "vivim_monai.metrics.ClipMeanDice",
+                "_target_": "vivim_monai.handlers.ClipMeanDice",
                 "num_classes": 3,
                 "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
             }
@@ -269,16 +270,21 @@ def test_input_layouts_and_errors():
         per_frame_metrics(torch.zeros(3, 8, 8, 3), label, num_classes=2)
 
 
-def test_fps_times_between_synchronisations(monkeypatch):
+def test_timer_reads_the_clock_only_between_synchronisations(monkeypatch):
     events: list[str] = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    clock = iter([10.0, 10.5, 20.0, 20.25, 30.0, 31.0])
 
-    def step():
-        events.append("call")
+    def fake_clock():
+        events.append("clock")
+        return next(clock)
 
-    measure_fps(step, frames=8, device="cuda", warmup=1, repeats=2)
-    assert events == ["call", "sync", "call", "call", "sync"], "warm-up, then the timed span between syncs"
-    fps = measure_fps(lambda: torch.ones(1), frames=10, device="cpu", warmup=0, repeats=1)
-    assert fps > 0
-    slow = measure_fps(lambda: time.sleep(0.02), frames=10, warmup=0, repeats=2)
-    assert 100 < slow <= 500
+    monkeypatch.setattr(time, "perf_counter", fake_clock)
+    seconds = time_calls(lambda: events.append("call"), repeats=2, device="cuda", warmup=1)
+    assert seconds == [0.5, 0.25]
+    assert events == ["call"] + ["sync", "clock", "call", "sync", "clock"] * 2, "warm-up untimed, then sync-clock"
+    with pytest.raises(RuntimeError, match="without start"):
+        DeviceTimer().stop()
+    with DeviceTimer("cpu") as timer:  # CPU: no synchronisation at all
+        pass
+    assert timer.seconds == 1.0 and events.count("sync") == 4

@@ -26,7 +26,7 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
-from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command
+from vivim_monai.bundle_cli import bundle_command, find_bundle
 from vivim_monai.data import load_cine, make_phantom_data
 from vivim_monai.handlers import AtomicCheckpointSaver, ModelWeights, TrainingRNG
 from vivim_monai.io import read_dicom_seg_labels
@@ -309,7 +309,7 @@ def test_sigkill_during_inference_never_leaves_a_truncated_output(phantom, tmp_p
 
     def command(out: Path) -> list[str]:
         overrides = {**TINY, "bundle_root": str(tmp_path), "input_files": inputs, "output_dir": str(out)}
-        return bundle_command(BUNDLE_DIR, ["inference.json"], overrides)
+        return bundle_command(find_bundle(), ["inference.json"], overrides)
 
     reference_dir = tmp_path / "reference"
     first, last, total = _timeline(command(reference_dir), tmp_path, reference_dir, re.compile(r"_(seg|overlay|areas)"))
@@ -365,7 +365,7 @@ def test_sigkill_during_training_never_loses_the_last_checkpoint(phantom, tmp_pa
 
     def command(root: Path, **extra: Any) -> list[str]:
         overrides = {**TRAIN, "bundle_root": str(root), "dataset_dir": str(data), **extra}
-        return bundle_command(BUNDLE_DIR, ["train.json"], overrides)
+        return bundle_command(find_bundle(), ["train.json"], overrides)
 
     reference_root = tmp_path / "reference"
     first, last, total = _timeline(command(reference_root), tmp_path, reference_root / "models", re.compile(r"\.pt$"))

@@ -24,9 +24,7 @@ from vivim_monai.data import load_cine, write_phantom_case
 from vivim_monai.io import (
     DEFAULT_CLASS_COLOURS,
     OUTPUT_KINDS,
-    CineOutputWriter,
     area_curves,
-    atomic_write,
     case_id_for,
     frame_areas,
     overlay_frames,
@@ -39,6 +37,7 @@ from vivim_monai.io import (
     write_overlay_gif,
 )
 from vivim_monai.io.secondary_capture import cine_bytes
+from vivim_monai.utils import atomic_write
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent the intended person name")
 
@@ -283,8 +282,7 @@ def phantom_case(tmp_path):
 def test_case_outputs_for_a_dicom_cine(tmp_path, phantom_case):
     case, cine, labels = phantom_case
     before = {name: file_digest(case[name]) for name in ("image", "label")}
-    writer = CineOutputWriter(tmp_path / "outputs", overlay_max_size=64)
-    outputs = writer(cine, torch.from_numpy(labels)[None])
+    outputs = write_case_outputs(cine, torch.from_numpy(labels)[None], tmp_path / "outputs", overlay_max_size=64)
     folder = tmp_path / "outputs" / "case7"
     assert outputs.case_id == "case7" and outputs.folder == folder and not outputs.skipped
     expected = {kind: folder / f"case7{ending}" for kind, ending in OUTPUT_KINDS.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -10,10 +11,28 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["BUNDLE_DIR", "bundle_command", "parse_override", "run_bundle"]
+__all__ = ["BUNDLE_ENV", "bundle_command", "find_bundle", "parse_override", "run_bundle"]
 
-#: ``bundle/`` of the repository this package is installed from (editable install).
-BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
+#: Environment variable naming the bundle folder (``configs/train.json`` inside) when none is passed.
+BUNDLE_ENV = "VIVIM_BUNDLE_DIR"
+
+
+def find_bundle(bundle: str | os.PathLike | None = None) -> Path:
+    """The bundle folder to run: ``bundle``, else ``$VIVIM_BUNDLE_DIR``, else ``bundle/`` of the source checkout the
+    package is imported from (an editable install). A wheel carries no bundle: then this raises, saying what to pass.
+    """
+    if bundle is not None:
+        candidate, origin = Path(bundle), "the bundle folder passed"
+    elif os.environ.get(BUNDLE_ENV):
+        candidate, origin = Path(os.environ[BUNDLE_ENV]), f"${BUNDLE_ENV}"
+    else:
+        candidate, origin = Path(__file__).resolve().parents[1] / "bundle", "the source checkout of vivim_monai"
+    if not (candidate / "configs" / "train.json").is_file():
+        raise FileNotFoundError(
+            f"{candidate} ({origin}) is not a bundle folder: no configs/train.json. Pass the bundle folder "
+            f"(--bundle) or set {BUNDLE_ENV}; a non-editable install of vivim_monai does not include the bundle."
+        )
+    return candidate.resolve()
 
 
 def bundle_command(bundle: Path, configs: Sequence[str], overrides: Mapping[str, Any]) -> list[str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from monai.bundle import ConfigParser
 from pydicom import examples
 
-from vivim_monai.bundle_cli import BUNDLE_DIR, bundle_command, run_bundle
+from vivim_monai.bundle_cli import bundle_command, find_bundle, run_bundle
 from vivim_monai.data import make_phantom_data
 from vivim_monai.networks import frame_encoder
 from vivim_monai.networks.weights import PACKAGED_WEIGHTS
@@ -42,7 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--bundle", default=str(BUNDLE_DIR), help="bundle folder (configs/)")
+    parser.add_argument(
+        "--bundle", help="bundle folder (configs/; default: the checkout's bundle/ or $VIVIM_BUNDLE_DIR)"
+    )
     return parser.parse_args(argv)
 
 
@@ -63,9 +65,11 @@ def describe_start(bundle: Path, configs: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    root, bundle = Path(args.output).resolve(), Path(args.bundle).resolve()
-    if not (bundle / "configs" / "train.json").is_file():
-        raise SystemExit(f"{bundle}: no configs/train.json; pass --bundle <repository>/bundle")
+    root = Path(args.output).resolve()
+    try:
+        bundle = find_bundle(args.bundle)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
     started = time.perf_counter()
     datalist = make_phantom_data(root, args.cases, args.frames, args.folds)
     print(f"data      {args.cases} phantom cines of {args.frames} frames + 1 held-out -> {datalist}")

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from vivim_monai.io import atomic_write
+from vivim_monai.utils import atomic_write
 
 __all__ = [
     "FORMATS",

@@ -12,14 +12,21 @@ from vivim_monai.data.dicom import (
     read_dicom_cine,
 )
 from vivim_monai.data.folds import assign_folds, assign_temporal_blocks, temporal_block_report
-from vivim_monai.data.labels import LABEL_FORMATS, OVARIAN_CLASS_FILES, class_masks_to_index, load_label_cine
-from vivim_monai.data.phantom import PHANTOM_CLASSES, Phantom, make_phantom, make_phantom_data, write_phantom_case
+from vivim_monai.data.labels import (
+    LABEL_FORMATS,
+    OVARIAN_CLASS_FILES,
+    OVARIAN_CLASSES,
+    class_masks_to_index,
+    load_label_cine,
+)
+from vivim_monai.data.phantom import Phantom, make_phantom, make_phantom_data, write_phantom_case
 
 __all__ = [
     "LABEL_FORMATS",
     "LAYOUTS",
     "LAYOUT_CLASSES",
     "OVARIAN_CLASS_FILES",
+    "OVARIAN_CLASSES",
     "assign_folds",
     "assign_temporal_blocks",
     "class_masks_to_index",
@@ -47,6 +54,5 @@ __all__ = [
     "Phantom",
     "make_phantom",
     "make_phantom_data",
-    "PHANTOM_CLASSES",
     "write_phantom_case",
 ]

@@ -37,8 +37,8 @@ import pydicom
 
 from vivim_monai.data.cine import frame_files, natural_key
 from vivim_monai.data.dicom import CineReadError, has_dicom_preamble
-from vivim_monai.data.labels import OVARIAN_CLASS_FILES, load_label_cine
-from vivim_monai.io.atomic import atomic_write
+from vivim_monai.data.labels import OVARIAN_CLASS_FILES, OVARIAN_CLASSES, load_label_cine
+from vivim_monai.utils.atomic import atomic_write
 
 __all__ = [
     "FRAME_KEYS",
@@ -55,8 +55,8 @@ LAYOUTS = ("carotid", "bagls", "ovarian", "dicom", "vtus")
 LAYOUT_CLASSES = {
     "carotid": ("background", "lumen"),
     "bagls": ("background", "glottis"),
-    "ovarian": ("background", "solid", "non-solid"),
-    "dicom": ("background", "solid", "non-solid"),
+    "ovarian": OVARIAN_CLASSES,
+    "dicom": OVARIAN_CLASSES,
     "vtus": ("background", "nodule"),
 }
 #: Entry keys that hold paths (a path or a list of paths).

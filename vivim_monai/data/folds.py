@@ -118,16 +118,16 @@ def assign_folds(
         "imbalance": round(score, 6),
         "strata": list(components) or ["none"],
         "group_key": group_key,
-        "folds": [_fold_summary(entries, folds == k) for k in range(n_folds)],
+        "folds": [_fold_summary(entries, groups, folds == k) for k in range(n_folds)],
     }
     return folds.tolist(), report
 
 
-def _fold_summary(entries: Sequence[dict[str, Any]], selected: np.ndarray) -> dict[str, Any]:
+def _fold_summary(entries: Sequence[dict[str, Any]], groups: Sequence[str], selected: np.ndarray) -> dict[str, Any]:
     chosen = [e for e, s in zip(entries, selected) if s]
     summary: dict[str, Any] = {
         "n_entries": len(chosen),
-        "n_groups": len({str(e.get("group")) for e in chosen}),
+        "n_groups": len({g for g, s in zip(groups, selected) if s}),
         "n_frames": int(sum(e.get("n_frames", 0) for e in chosen)),
     }
     if chosen and all("class_frames" in e for e in chosen):
@@ -188,11 +188,12 @@ def temporal_block_report(blocks: Sequence[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("no temporal blocks to report on")
     n_blocks, guard = blocks[0]["n_blocks"], blocks[0]["temporal_guard"]
     folds = np.array([b["fold"] for b in blocks])
+    groups = [str(b.get("group", b["case_id"])) for b in blocks]
     return {
         "method": "temporal_blocks",
         "n_folds": n_blocks,
         "n_blocks": n_blocks,
         "guard": guard,
         "n_videos": len({b["case_id"].rsplit("#block", 1)[0] for b in blocks}),
-        "folds": [_fold_summary(blocks, folds == k) for k in range(n_blocks)],
+        "folds": [_fold_summary(blocks, groups, folds == k) for k in range(n_blocks)],
     }

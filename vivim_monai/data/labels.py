@@ -27,11 +27,20 @@ from monai.data import MetaTensor
 from vivim_monai.data.cine import load_cine, read_frame_image
 from vivim_monai.data.dicom import CineReadError
 
-__all__ = ["LABEL_FORMATS", "OVARIAN_CLASS_FILES", "check_label_matches", "class_masks_to_index", "load_label_cine"]
+__all__ = [
+    "LABEL_FORMATS",
+    "OVARIAN_CLASSES",
+    "OVARIAN_CLASS_FILES",
+    "check_label_matches",
+    "class_masks_to_index",
+    "load_label_cine",
+]
 
 LABEL_FORMATS = ("index", "binary", "class_masks")
+#: Classes of the ovarian-tumour labels (the project's default three-class task), index 0 background.
+OVARIAN_CLASSES: tuple[str, ...] = ("background", "solid", "non-solid")
 #: Class images of one frame folder in the ovarian layout, in class-index order.
-OVARIAN_CLASS_FILES = ("background.png", "solid.png", "non-solid.png")
+OVARIAN_CLASS_FILES = tuple(f"{name}.png" for name in OVARIAN_CLASSES)
 
 PathOrPaths = str | os.PathLike | Sequence[str | os.PathLike]
 

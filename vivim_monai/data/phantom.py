@@ -22,11 +22,10 @@ from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage
 
 from vivim_monai.data.datalist import discover_cases, write_datalist
 from vivim_monai.data.folds import assign_folds
-from vivim_monai.io.atomic import atomic_write
+from vivim_monai.data.labels import OVARIAN_CLASSES
+from vivim_monai.utils.atomic import atomic_write
 
-__all__ = ["PHANTOM_CLASSES", "Phantom", "make_phantom", "make_phantom_data", "write_phantom_case"]
-
-PHANTOM_CLASSES = ("background", "solid", "non-solid")  # label values 0, 1, 2 of the written cases
+__all__ = ["Phantom", "make_phantom", "make_phantom_data", "write_phantom_case"]
 
 
 @dataclass
@@ -171,9 +170,9 @@ def make_phantom_data(root: Path, cases: int, frames: int, folds: int, height: i
     for index in range(cases):
         write_phantom_case(data, f"phantom{index:03d}", seed=index, num_frames=frames, height=height, width=width)
     write_phantom_case(Path(root) / "test", "heldout", seed=1000, num_frames=frames * 2, height=height, width=width)
-    entries = discover_cases(data, "dicom", class_names=PHANTOM_CLASSES)
+    entries = discover_cases(data, "dicom", class_names=OVARIAN_CLASSES)
     fold_of_entry, report = assign_folds(entries, folds)
     entries = [{**entry, "fold": fold} for entry, fold in zip(entries, fold_of_entry)]
     datalist = data / "datalist.json"
-    write_datalist(datalist, entries, data, "dicom", PHANTOM_CLASSES, name="phantom", folds=report)
+    write_datalist(datalist, entries, data, "dicom", OVARIAN_CLASSES, name="phantom", folds=report)
     return datalist

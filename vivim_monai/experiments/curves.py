@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vivim_monai.io import atomic_write
 from vivim_monai.io.draw import PALETTE, Series, draw_legend, draw_panel, faint, font
+from vivim_monai.utils import atomic_write
 
 __all__ = ["FoldCurves", "fold_curves", "loss_per_epoch", "mean_curve", "read_scalars", "write_training_curves"]
 

@@ -12,8 +12,10 @@ from PIL import Image, ImageDraw
 
 from vivim_monai.data import load_datalist
 from vivim_monai.experiments.runs import ModelRun, model_parser
-from vivim_monai.io import DEFAULT_CLASS_COLOURS, atomic_write, overlay_frames
+from vivim_monai.io import DEFAULT_CLASS_COLOURS, overlay_frames
 from vivim_monai.io.draw import draw_legend, font, text_size
+from vivim_monai.metrics import foreground_mean, frame_confusion, overlap_per_frame
+from vivim_monai.utils import atomic_write
 
 __all__ = ["checkpoint_path", "frame_dice", "predict_case", "write_examples"]
 
@@ -53,12 +55,10 @@ def predict_case(run: ModelRun, datalist: Path, entry: dict[str, Any], fold: int
 
 
 def frame_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean Dice over the foreground classes present in ``pred`` or ``truth`` (NaN when there are none)."""
-    scores = []
-    for value in sorted((set(np.unique(pred).tolist()) | set(np.unique(truth).tolist())) - {0}):
-        p, t = pred == value, truth == value
-        scores.append(2.0 * np.logical_and(p, t).sum() / (p.sum() + t.sum()))
-    return float(np.mean(scores)) if scores else float("nan")
+    """Mean Dice over the foreground classes present in ``pred`` or ``truth`` of one frame (NaN when there are none)."""
+    pred_t, truth_t = torch.as_tensor(pred, dtype=torch.int64)[None], torch.as_tensor(truth, dtype=torch.int64)[None]
+    k = max(int(pred_t.max()), int(truth_t.max()), 1) + 1
+    return float(foreground_mean(overlap_per_frame(frame_confusion(pred_t, truth_t, k), "dice").numpy()[0]))
 
 
 def _tile(rgb: np.ndarray, message: str = "") -> Image.Image:

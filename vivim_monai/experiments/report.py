@@ -11,7 +11,7 @@ from vivim_monai.experiments.curves import fold_curves, write_training_curves
 from vivim_monai.experiments.examples import write_examples
 from vivim_monai.experiments.runs import ModelRun, count_parameters, load_run, model_parser
 from vivim_monai.experiments.tables import comparison_csv, comparison_markdown, model_stats
-from vivim_monai.io import atomic_write
+from vivim_monai.utils import atomic_write
 
 __all__ = ["write_comparison"]
 

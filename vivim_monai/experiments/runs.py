@@ -11,11 +11,10 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from vivim_monai.bundle_cli import BUNDLE_DIR
+from vivim_monai.bundle_cli import find_bundle
 
 __all__ = ["ModelRun", "build_network", "count_parameters", "load_run", "model_parser"]
 
-REPO_CONFIGS = BUNDLE_DIR.parent / "configs"
 _FOLD = re.compile(r"fold_(\d+)$")
 
 
@@ -40,11 +39,16 @@ class ModelRun:
         return sorted(self.summaries)
 
 
+def _repo_configs() -> Path:
+    """The repository's ``configs/`` overlays (beside the bundle folder)."""
+    return find_bundle().parent / "configs"
+
+
 def _resolve_config(path: str) -> str:
     """An overlay path from ``cv_timing.json``; a moved run falls back to the repository's ``configs/<name>``."""
-    if Path(path).is_file() or not (REPO_CONFIGS / Path(path).name).is_file():
+    if Path(path).is_file() or not (_repo_configs() / Path(path).name).is_file():
         return path
-    return str(REPO_CONFIGS / Path(path).name)
+    return str(_repo_configs() / Path(path).name)
 
 
 def load_run(path: Path, name: str, dataset_config: Path | None = None) -> ModelRun:
@@ -68,17 +72,18 @@ def load_run(path: Path, name: str, dataset_config: Path | None = None) -> Model
         run.seconds = {k: float(v) for k, v in document.get("seconds", {}).items()}
         run.configs = [_resolve_config(c) for c in document.get("configs", [])]
         run.overrides = dict(document.get("overrides", {}))
-    elif (REPO_CONFIGS / f"{name}.json").is_file():
-        candidates = [dataset_config, REPO_CONFIGS / f"{name}.json"]
+    elif (_repo_configs() / f"{name}.json").is_file():
+        candidates = [dataset_config, _repo_configs() / f"{name}.json"]
         run.configs = [str(c) for c in candidates if c is not None and Path(c).is_file()]
     return run
 
 
 def model_parser(run: ModelRun, evaluate: bool = False, **settings: Any) -> ConfigParser:
     """``train.json`` (+ ``evaluate.json``) merged with the run's overlays and overrides, then ``settings``."""
-    files = [str(BUNDLE_DIR / "configs" / "train.json"), *run.configs]
+    bundle = find_bundle()
+    files = [str(bundle / "configs" / "train.json"), *run.configs]
     if evaluate:
-        files.append(str(BUNDLE_DIR / "configs" / "evaluate.json"))
+        files.append(str(bundle / "configs" / "evaluate.json"))
     parser = ConfigParser()
     parser.read_config(files)
     for key, value in {**run.overrides, **settings}.items():

@@ -1,11 +1,10 @@
 """Ignite handlers of the bundle's workflows: evaluation report, per-case outputs, per-epoch clip redraw, speed,
 atomic checkpoints and the RNG state that makes a resumed training run reproduce an uninterrupted one."""
 
-from vivim_monai.handlers.cases import CaseFields, case_fields, engine_cases
 from vivim_monai.handlers.checkpoint import ModelWeights, state_dict_mismatch
+from vivim_monai.handlers.clip_dice import ClipMeanDice
 from vivim_monai.handlers.clips import ClipEpochResampler
 from vivim_monai.handlers.outputs import CaseOutputHandler
-from vivim_monai.handlers.plots import write_confusion_png
 from vivim_monai.handlers.progress import TrainingProgress
 from vivim_monai.handlers.report import TEMPORAL_KEYS, CaseResult, EvaluationReport
 from vivim_monai.handlers.resume import ResumeCheckpointLoader
@@ -14,6 +13,7 @@ from vivim_monai.handlers.saving import AtomicCheckpointSaver, AtomicDiskSaver
 from vivim_monai.handlers.timing import INFERENCE_TIMING, InferenceTimer, count_frames
 
 __all__ = [
+    "ClipMeanDice",
     "ModelWeights",
     "state_dict_mismatch",
     "TrainingRNG",
@@ -22,12 +22,8 @@ __all__ = [
     "AtomicDiskSaver",
     "ResumeCheckpointLoader",
     "TrainingProgress",
-    "CaseFields",
-    "case_fields",
-    "engine_cases",
     "ClipEpochResampler",
     "CaseOutputHandler",
-    "write_confusion_png",
     "TEMPORAL_KEYS",
     "CaseResult",
     "EvaluationReport",

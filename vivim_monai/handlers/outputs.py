@@ -18,7 +18,7 @@ from typing import Sequence
 from ignite.engine import Engine, Events
 
 from vivim_monai.data import load_cine
-from vivim_monai.handlers.cases import engine_cases
+from vivim_monai.engines.cases import engine_cases
 from vivim_monai.io import OUTPUT_KINDS, CaseOutputs, write_case_outputs
 
 __all__ = ["CaseOutputHandler"]

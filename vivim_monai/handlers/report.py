@@ -20,10 +20,9 @@ import numpy as np
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from vivim_monai.handlers.cases import CaseFields, engine_cases
-from vivim_monai.handlers.plots import write_confusion_png
+from vivim_monai.engines.cases import CaseFields, engine_cases
 from vivim_monai.handlers.timing import INFERENCE_TIMING
-from vivim_monai.io import atomic_write, atomic_write_csv
+from vivim_monai.io.confusion_plot import write_confusion_png
 from vivim_monai.metrics import (
     TemporalReference,
     confusion_matrix,
@@ -32,6 +31,7 @@ from vivim_monai.metrics import (
     summarise,
     temporal_consistency,
 )
+from vivim_monai.utils import atomic_write, atomic_write_csv
 
 __all__ = ["TEMPORAL_KEYS", "CaseResult", "EvaluationReport"]
 

@@ -19,7 +19,7 @@ import ignite.distributed as idist
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
-from vivim_monai.io.atomic import atomic_write, write_error
+from vivim_monai.utils.atomic import atomic_write, write_error
 
 __all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver"]
 

@@ -11,14 +11,13 @@ after every iteration, so :class:`~vivim_monai.handlers.EvaluationReport` finds 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from monai.engines import IterationEvents
 
-from vivim_monai.metrics import synchronize
+from vivim_monai.metrics import DeviceTimer
 
 __all__ = ["INFERENCE_TIMING", "InferenceTimer", "count_frames"]
 
@@ -55,7 +54,7 @@ class InferenceTimer:
         self.device, self.warmup, self.metric_name = device, int(warmup), metric_name
         self.span = "ITERATION_STARTED to ITERATION_COMPLETED"
         self.records: list[tuple[int, float]] = []
-        self._start: float | None = None
+        self._timer = DeviceTimer(device)
 
     def attach(self, engine: Engine) -> None:
         stop: Any = Events.ITERATION_COMPLETED
@@ -69,18 +68,16 @@ class InferenceTimer:
         return self.device if self.device is not None else getattr(engine.state, "device", None)
 
     def reset(self, engine: Engine | None = None) -> None:
-        self.records, self._start = [], None
+        self.records, self._timer = [], DeviceTimer(self.device)
 
     def start(self, engine: Engine) -> None:
-        synchronize(self._device(engine))
-        self._start = time.perf_counter()
+        self._timer.device = self._device(engine)
+        self._timer.start()
 
     def stop(self, engine: Engine) -> None:
-        if self._start is None:
+        if not self._timer.running:
             return
-        synchronize(self._device(engine))
-        self.records.append((count_frames(engine.state.output), time.perf_counter() - self._start))
-        self._start = None
+        self.records.append((count_frames(engine.state.output), self._timer.stop()))
         summary = self.summary()
         setattr(engine.state, INFERENCE_TIMING, summary)
         if self.metric_name:

@@ -1,18 +1,16 @@
 """Sliding clip inference along time: cines of any length through a clip network, one window at a time.
 
-Windows cover the time axis only (every window holds the whole frame), so a Vivim trained on ``clip_length``-frame
-clips sees clips of that length at inference too. The last window is shifted back to end on the last frame, so
-every frame is predicted (no tail frames are dropped); a cine shorter than ``clip_length`` is run as one window of
-its own length (Vivim accepts any ``T >= 1``).
+MONAI's :class:`~monai.inferers.SlidingWindowInferer` with ``roi_size=(-1, -1, clip_length)`` does the work: windows
+cover the time axis only (every window holds the whole frame), so a Vivim trained on ``clip_length``-frame clips sees
+clips of that length at inference too; the last window is shifted back to end on the last frame (no tail frame is
+dropped); overlapping window outputs (logits for Vivim) are averaged per frame with ``"constant"`` or ``"gaussian"``
+weights. What this class adds: a cine shorter than ``clip_length`` runs as one window of its own length (Vivim accepts
+any ``T >= 1``; MONAI would pad it with blank frames), overlap may be given in frames, a network returning
+``(seg, edge)`` is reduced to ``seg``, outputs whose frame count differs from the window's are refused, and no
+autograd graph is kept by default (graphs of every window would break the memory bound).
 
-Blending: the network outputs (logits for Vivim) of overlapping windows are averaged per frame with temporal
-weights (``"constant"``, or ``"gaussian"`` from MONAI's :func:`compute_importance_map`, lower at the window ends).
-Averaging happens in the space the network returns; wrap the network (e.g. with a softmax) to blend probabilities.
-
-Memory: only ``clip_batch_size`` windows are on ``sw_device`` at a time, and the per-frame weight sums are a vector
-of length ``T``. The output ``(B, K, H, W, T)`` itself is accumulated on ``device`` (by default the input's device;
-pass ``device="cpu"`` for long cines with a GPU ``sw_device``): it grows with ``T``, which is unavoidable for a
-per-frame result, while peak ``sw_device`` memory does not.
+Memory: only ``clip_batch_size`` windows are on ``sw_device`` at a time. The output ``(B, K, H, W, T)`` is accumulated
+on ``device`` (by default the input's device; pass ``device="cpu"`` for long cines with a GPU ``sw_device``).
 """
 
 from __future__ import annotations
@@ -22,11 +20,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 from monai.data import MetaTensor
-from monai.data.utils import compute_importance_map
-from monai.inferers import Inferer
-from monai.utils import BlendMode, convert_to_dst_type, look_up_option, optional_import
-
-tqdm, _has_tqdm = optional_import("tqdm", name="tqdm")
+from monai.data.utils import dense_patch_slices
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.utils import BlendMode, look_up_option
 
 __all__ = ["SlidingClipInferer", "clip_windows"]
 
@@ -34,18 +30,15 @@ __all__ = ["SlidingClipInferer", "clip_windows"]
 def clip_windows(num_frames: int, clip_length: int, stride: int) -> list[tuple[int, int]]:
     """``(start, stop)`` frame ranges of the windows over ``num_frames`` frames.
 
-    Windows start every ``stride`` frames; if the last regular window does not reach the end, one more window ending
-    on the last frame is added (it overlaps its predecessor). ``num_frames <= clip_length`` gives one window
-    ``(0, num_frames)``.
+    MONAI's sliding-window positions: windows start every ``stride`` frames; if the last regular window does not
+    reach the end, one more window ending on the last frame is added (it overlaps its predecessor).
+    ``num_frames <= clip_length`` gives one window ``(0, num_frames)``.
     """
     if num_frames < 1 or clip_length < 1 or stride < 1:
         raise ValueError(f"need num_frames, clip_length and stride >= 1, got {num_frames}, {clip_length}, {stride}")
     if num_frames <= clip_length:
         return [(0, num_frames)]
-    starts = list(range(0, num_frames - clip_length + 1, stride))
-    if starts[-1] + clip_length < num_frames:
-        starts.append(num_frames - clip_length)
-    return [(start, start + clip_length) for start in starts]
+    return [(int(w.start), int(w.stop)) for (w,) in dense_patch_slices((num_frames,), (clip_length,), (stride,))]
 
 
 def _first_output(output: Any) -> torch.Tensor:
@@ -122,43 +115,42 @@ class SlidingClipInferer(Inferer):
         """The ``(start, stop)`` windows used for a cine of ``num_frames`` frames."""
         return clip_windows(num_frames, self.clip_length, self.stride)
 
-    def _weights(self, length: int, device: torch.device) -> torch.Tensor:
-        return compute_importance_map((length,), mode=self.mode, sigma_scale=self.sigma_scale, device=device)
+    def _monai_inferer(self) -> SlidingWindowInferer:
+        # MONAI's scan interval is int(roi * (1 - overlap)): give it the overlap fraction that yields self.stride
+        # exactly (a quarter frame below the stride's overlap, so rounding down cannot lose a frame).
+        overlap = max(0.0, (self.clip_length - self.stride - 0.25) / self.clip_length)
+        return SlidingWindowInferer(
+            roi_size=(-1, -1, self.clip_length),
+            sw_batch_size=self.clip_batch_size,
+            overlap=(0.0, 0.0, overlap),
+            mode=self.mode,
+            sigma_scale=self.sigma_scale,
+            sw_device=self.sw_device,
+            device=self.device,
+            progress=self.progress,
+        )
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         """Blended network output ``(B, K, H', W', T)`` (at least float32) for ``inputs`` ``(B, C, H, W, T)``."""
         if inputs.ndim != 5:
             raise ValueError(f"expected inputs (B, C, H, W, T), got shape {tuple(inputs.shape)}")
-        data = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        num_frames = data.shape[-1]
-        sw_device = torch.device(self.sw_device) if self.sw_device is not None else data.device
-        out_device = torch.device(self.device) if self.device is not None else data.device
-        windows = self.windows(num_frames)
-        groups = [windows[i : i + self.clip_batch_size] for i in range(0, len(windows), self.clip_batch_size)]
-        if self.progress and _has_tqdm:
-            groups = tqdm(groups, desc="clips")
-        output: torch.Tensor | None = None
-        weight_sum = torch.zeros(num_frames, dtype=torch.float32, device=out_device)
+
+        def run_window(window: torch.Tensor) -> torch.Tensor:
+            result = _first_output(network(window, *args, **kwargs))
+            if result.ndim < 3 or result.shape[0] != window.shape[0] or result.shape[-1] != window.shape[-1]:
+                raise ValueError(
+                    f"the network must return (N, K, ..., T) with N={window.shape[0]} and T={window.shape[-1]} for "
+                    f"a window batch of shape {tuple(window.shape)}, got {tuple(result.shape)}"
+                )
+            return result.float() if result.dtype in (torch.float16, torch.bfloat16) else result
+
         grad = contextlib.nullcontext() if self.with_grad else torch.no_grad()
         with grad:
-            for group in groups:
-                batch = torch.cat([data[..., start:stop] for start, stop in group], dim=0).to(sw_device)
-                result = _first_output(network(batch, *args, **kwargs))
-                length = group[0][1] - group[0][0]
-                if result.ndim < 3 or result.shape[0] != batch.shape[0] or result.shape[-1] != length:
-                    raise ValueError(
-                        f"the network must return (N, K, ..., T) with N={batch.shape[0]} and T={length} for a "
-                        f"window batch of shape {tuple(batch.shape)}, got {tuple(result.shape)}"
-                    )
-                weights = self._weights(length, result.device).to(result.dtype)
-                for (start, stop), window in zip(group, result.split(data.shape[0], dim=0)):
-                    if output is None:
-                        dtype = torch.promote_types(window.dtype, torch.float32)  # no float16 accumulation
-                        output = torch.zeros((*window.shape[:-1], num_frames), dtype=dtype, device=out_device)
-                    output[..., start:stop] += (window * weights).to(out_device)
-                    weight_sum[start:stop] += weights.to(device=out_device, dtype=torch.float32)
-        assert output is not None
-        output /= weight_sum.to(output.dtype)
-        if isinstance(inputs, MetaTensor):  # keep the input's metadata, as MONAI's sliding window does
-            output = convert_to_dst_type(output, inputs, device=out_device, dtype=output.dtype)[0]
-        return output
+            if inputs.shape[-1] > self.clip_length:
+                return self._monai_inferer()(inputs, run_window)
+            sw_device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
+            out_device = torch.device(self.device) if self.device is not None else inputs.device
+            output = run_window(inputs.to(sw_device)).to(out_device)
+            if isinstance(inputs, MetaTensor) and not isinstance(output, MetaTensor):
+                output = MetaTensor(output, meta=inputs.meta)
+            return output

@@ -5,16 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
+from monai.utils import convert_to_numpy
 
-__all__ = ["as_label_volume", "as_numpy"]
-
-
-def as_numpy(data: Any) -> np.ndarray:
-    """A numpy view or copy of a numpy array, torch tensor or MetaTensor (moved to the CPU, detached)."""
-    if isinstance(data, torch.Tensor):
-        return data.detach().cpu().numpy()
-    return np.asarray(data)
+__all__ = ["as_label_volume"]
 
 
 def as_label_volume(labels: Any) -> np.ndarray:
@@ -22,7 +15,7 @@ def as_label_volume(labels: Any) -> np.ndarray:
 
     Float arrays are accepted when they hold whole numbers (e.g. an ``AsDiscrete(argmax=True)`` output).
     """
-    array = as_numpy(labels)
+    array = convert_to_numpy(labels, wrap_sequence=True)
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 3:

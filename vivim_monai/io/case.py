@@ -15,14 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from vivim_monai.io._labels import as_label_volume, as_numpy
-from vivim_monai.io.dicom_seg import DEFAULT_CLASS_NAMES, write_dicom_seg
+from monai.utils import convert_to_numpy
+
+from vivim_monai.data.cine import VOLUME_SUFFIXES
+from vivim_monai.data.dicom import has_dicom_preamble
+from vivim_monai.data.labels import OVARIAN_CLASSES
+from vivim_monai.io._labels import as_label_volume
+from vivim_monai.io.dicom_seg import write_dicom_seg
 from vivim_monai.io.frame_table import write_area_plot, write_frame_csv
 from vivim_monai.io.nifti import write_nifti_labels
 from vivim_monai.io.overlay import write_overlay_gif
 from vivim_monai.io.secondary_capture import write_secondary_capture
 
-__all__ = ["COMPANION_FILES", "OUTPUT_KINDS", "CaseOutputs", "CineOutputWriter", "case_id_for", "write_case_outputs"]
+__all__ = ["COMPANION_FILES", "OUTPUT_KINDS", "CaseOutputs", "case_id_for", "write_case_outputs"]
 
 #: Output kinds and their file name endings.
 OUTPUT_KINDS: dict[str, str] = {
@@ -51,8 +56,6 @@ class CaseOutputs:
 
 def case_id_for(source: str | os.PathLike) -> str:
     """Case name of an input: the file name without its image suffix (``a.nii.gz`` -> ``a``), or the folder name."""
-    from vivim_monai.data.cine import VOLUME_SUFFIXES  # here: vivim_monai.data imports vivim_monai.io (atomic)
-
     name = Path(source).name
     for suffix in sorted((*VOLUME_SUFFIXES, ".dcm", ".dicom"), key=len, reverse=True):
         if name.lower().endswith(suffix) and len(name) > len(suffix):
@@ -61,8 +64,6 @@ def case_id_for(source: str | os.PathLike) -> str:
 
 
 def _is_dicom_file(path: Path) -> bool:
-    from vivim_monai.data.dicom import has_dicom_preamble  # here: vivim_monai.data imports vivim_monai.io (atomic)
-
     return path.is_file() and (path.suffix.lower() in (".dcm", ".dicom") or has_dicom_preamble(path))
 
 
@@ -73,7 +74,7 @@ def _meta(cine: Any) -> Mapping[str, Any]:
 def _spacing(value: Any) -> tuple[float, float] | None:
     if value is None:
         return None
-    values = as_numpy(value).astype(float).ravel()
+    values = convert_to_numpy(value, wrap_sequence=True).astype(float).ravel()
     return (float(values[0]), float(values[1])) if values.size >= 2 else None
 
 
@@ -82,7 +83,7 @@ def write_case_outputs(
     labels: Any,
     output_dir: str | os.PathLike,
     source: str | os.PathLike | None = None,
-    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    class_names: Sequence[str] = OVARIAN_CLASSES,
     case_id: str | None = None,
     kinds: Sequence[str] = tuple(OUTPUT_KINDS),
     spacing_mm: Sequence[float] | None = None,
@@ -122,7 +123,7 @@ def write_case_outputs(
         case_id = case_id_for(source_path)
     spacing = _spacing(spacing_mm if spacing_mm is not None else meta.get("pixel_spacing_mm"))
     if frame_time_ms is None and meta.get("frame_time_ms") is not None and meta.get("frame_time_source") != "default":
-        frame_time_ms = float(as_numpy(meta["frame_time_ms"]).ravel()[0])
+        frame_time_ms = float(convert_to_numpy(meta["frame_time_ms"], wrap_sequence=True).ravel()[0])
     volume = as_label_volume(labels)
     cine_shape = tuple(getattr(cine, "shape", ()))
     if len(cine_shape) != 4 or cine_shape[1:] != volume.shape:
@@ -166,21 +167,3 @@ def write_case_outputs(
             volume, paths["area_plot"], class_names, spacing, frame_time_ms, title=title
         )
     return result
-
-
-class CineOutputWriter:
-    """:func:`write_case_outputs` with fixed settings, e.g. for a bundle's inference config::
-
-        {"_target_": "vivim_monai.io.CineOutputWriter", "output_dir": "$@output_dir"}
-
-    ``writer(cine, labels, source=None, case_id=None)`` returns the :class:`CaseOutputs` of that cine.
-    """
-
-    def __init__(self, output_dir: str | os.PathLike, **options: Any) -> None:
-        self.output_dir = Path(output_dir)
-        self.options = options
-
-    def __call__(
-        self, cine: Any, labels: Any, source: str | os.PathLike | None = None, case_id: str | None = None
-    ) -> CaseOutputs:
-        return write_case_outputs(cine, labels, self.output_dir, source=source, case_id=case_id, **self.options)

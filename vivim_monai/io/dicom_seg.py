@@ -39,13 +39,12 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from pydicom.valuerep import DA, TM
 
 from vivim_monai import __version__
+from vivim_monai.data.labels import OVARIAN_CLASSES
 from vivim_monai.io._labels import as_label_volume
-from vivim_monai.io.atomic import atomic_write
+from vivim_monai.utils.atomic import atomic_write
 
-__all__ = ["DEFAULT_CLASS_NAMES", "SEG_PATIENT_STUDY_ATTRIBUTES", "read_dicom_seg_labels", "write_dicom_seg"]
+__all__ = ["SEG_PATIENT_STUDY_ATTRIBUTES", "read_dicom_seg_labels", "write_dicom_seg"]
 
-#: Class names of the project's labels (ovarian-tumour layout); index 0 is background.
-DEFAULT_CLASS_NAMES: tuple[str, ...] = ("background", "solid", "non-solid")
 #: Patient and study attributes the SEG copies from its source: the Type 1 and 2 attributes of the Patient and General
 #: Study modules (PS3.3 C.7.1.1, C.7.2.1), the only patient/study modules the SEG IOD requires; Type 2 attributes the
 #: source lacks are written empty. Nothing else of the patient or study is copied (see docs/reliability.md).
@@ -170,7 +169,7 @@ def write_dicom_seg(
     labels: Any,
     source: Dataset | str | os.PathLike,
     path: str | os.PathLike,
-    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    class_names: Sequence[str] = OVARIAN_CLASSES,
     algorithm_name: str = "Vivim",
     algorithm_version: str = __version__,
     series_number: int = 1000,

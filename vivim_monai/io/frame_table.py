@@ -11,9 +11,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vivim_monai.io._labels import as_label_volume
-from vivim_monai.io.atomic import atomic_write, atomic_write_csv
 from vivim_monai.io.draw import Series, draw_legend, draw_panel, font
 from vivim_monai.io.overlay import DEFAULT_CLASS_COLOURS
+from vivim_monai.metrics import class_areas
+from vivim_monai.utils.atomic import atomic_write, atomic_write_csv
 
 __all__ = ["area_curves", "frame_areas", "write_area_plot", "write_frame_csv"]
 
@@ -23,10 +24,7 @@ def frame_areas(labels: Any, num_classes: int) -> np.ndarray:
     array = as_label_volume(labels)
     if array.size and array.max() >= num_classes:
         raise ValueError(f"labels contain class {array.max()} but only {num_classes} classes are named")
-    frames = array.shape[-1]
-    flat = np.moveaxis(array, -1, 0).reshape(frames, -1).astype(np.int64)
-    offsets = np.arange(frames, dtype=np.int64)[:, None] * num_classes
-    return np.bincount((flat + offsets).ravel(), minlength=frames * num_classes).reshape(frames, num_classes)
+    return class_areas(array, num_classes)
 
 
 def _number(value: float) -> str:

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from vivim_monai.io._labels import as_label_volume
-from vivim_monai.io.atomic import atomic_write
+from vivim_monai.utils.atomic import atomic_write
 
 __all__ = ["write_nifti_labels"]
 

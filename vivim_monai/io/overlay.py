@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from monai.utils import convert_to_numpy
 from PIL import Image
 
-from vivim_monai.io._labels import as_label_volume, as_numpy
-from vivim_monai.io.atomic import atomic_write
+from vivim_monai.io._labels import as_label_volume
+from vivim_monai.utils.atomic import atomic_write
 
 __all__ = ["DEFAULT_CLASS_COLOURS", "overlay_frames", "write_overlay_gif"]
 
@@ -39,7 +40,7 @@ def _iter_overlay(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if frame_step < 1:
         raise ValueError(f"frame_step must be >= 1, got {frame_step}")
-    array = as_numpy(cine)
+    array = convert_to_numpy(cine, wrap_sequence=True)
     if array.ndim != 4 or array.size == 0:
         raise ValueError(f"expected a non-empty cine (C, H, W, T), got shape {array.shape}")
     volume = as_label_volume(labels)

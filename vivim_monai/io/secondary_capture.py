@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pydicom
+from monai.utils import convert_to_numpy
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -32,8 +33,7 @@ from pydicom.uid import (
 )
 
 from vivim_monai import __version__
-from vivim_monai.io._labels import as_numpy
-from vivim_monai.io.atomic import atomic_write
+from vivim_monai.utils.atomic import atomic_write
 
 __all__ = ["cine_bytes", "secondary_capture", "write_secondary_capture"]
 
@@ -57,7 +57,7 @@ def cine_bytes(cine: Any) -> tuple[np.ndarray, str]:
 
     Integers in 0..255 are kept; anything else is stretched linearly from the cine's minimum to its maximum.
     """
-    array = as_numpy(cine)
+    array = convert_to_numpy(cine, wrap_sequence=True)
     if array.ndim != 4 or array.size == 0:
         raise ValueError(f"expected a non-empty cine (C, H, W, T), got shape {array.shape}")
     channels = [0, 1, 2] if array.shape[0] == 3 else [0]

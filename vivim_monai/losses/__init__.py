@@ -2,7 +2,6 @@
 
 from vivim_monai.losses.base import FrameLoss, class_probabilities, frames_to_batch, one_hot_labels, select_frames
 from vivim_monai.losses.boundary import BoundaryLoss, SegmentationWithBoundaryLoss, sobel_edges
-from vivim_monai.losses.factory import LOSSES, build_loss
 from vivim_monai.losses.inverseform import InverseFormLoss, InverseNet
 from vivim_monai.losses.segmentation import (
     OVARIAN_FOCAL_ALPHA,
@@ -20,11 +19,9 @@ __all__ = [
     "FrameLoss",
     "InverseFormLoss",
     "InverseNet",
-    "LOSSES",
     "OVARIAN_FOCAL_ALPHA",
     "SegmentationWithBoundaryLoss",
     "StructureLoss",
-    "build_loss",
     "class_probabilities",
     "frames_to_batch",
     "one_hot_labels",

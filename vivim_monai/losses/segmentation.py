@@ -31,7 +31,8 @@ class ClassBalancedFocalLoss(FrameLoss):
     For class ``c`` with probability ``p`` and one-hot target ``t``, the mean over pixels of
     ``α_c·[t(1 − p)^γ + (1 − t)p^γ]·BCE(p, t)`` with ``BCE = −t·log(p + ε) − (1 − t)·log(1 − p + ε)``, ε = 1e-6;
     the class terms are **summed**. Binary logits (K = 1) count as two classes, ``(1 − σ, σ)``.
-    MONAI's ``FocalLoss`` applies its own sigmoid/softmax to logits and a scalar α, so it cannot express this.
+    MONAI's ``FocalLoss`` (per-class α, ``use_softmax``) is a different loss: with softmax it keeps only the true
+    class's term ``−α_t(1 − p_t)^γ·log p_t``, without the ``(1 − t)p^γ`` terms of the other classes summed here.
 
     Args:
         gamma: focusing parameter γ.

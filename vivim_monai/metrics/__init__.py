@@ -1,8 +1,7 @@
 """Evaluation of segmented medical videos: per-frame, per-class scores, temporal consistency, speed, and handlers."""
 
-from vivim_monai.metrics.fps import measure_fps, synchronize
+from vivim_monai.metrics.clip import ClipFrameMetric
 from vivim_monai.metrics.frames import frame_labels, infer_num_classes, video_labels, video_pair
-from vivim_monai.metrics.handlers import ClipFrameMetric, ClipMeanDice
 from vivim_monai.metrics.segmentation import (
     OVERLAP_METRICS,
     confusion_matrix,
@@ -21,16 +20,17 @@ from vivim_monai.metrics.temporal import (
     temporal_consistency,
     temporal_reference,
 )
+from vivim_monai.metrics.timing import DeviceTimer, synchronize, time_calls
 
 __all__ = [
-    "measure_fps",
+    "DeviceTimer",
+    "time_calls",
     "synchronize",
     "frame_labels",
     "infer_num_classes",
     "video_labels",
     "video_pair",
     "ClipFrameMetric",
-    "ClipMeanDice",
     "OVERLAP_METRICS",
     "confusion_matrix",
     "frame_confusion",

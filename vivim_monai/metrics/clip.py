@@ -1,4 +1,4 @@
-"""Per-frame clip metrics for MONAI/ignite evaluators: the validation monitor is the foreground mean Dice.
+"""Per-frame clip metric for MONAI evaluators: the validation monitor is the foreground mean Dice.
 
 The Vivim fork's ``val/dice`` monitor fed class-index maps to a one-hot metric, which read the image height as the
 class axis. Here every frame of every clip ``(B, C, H, W, T)`` (one-hot from ``AsDiscreted(argmax=True,
@@ -8,16 +8,13 @@ does, so the monitor equals the offline evaluation pooled over frames.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
-from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 
 from vivim_monai.metrics.frames import frame_labels, infer_num_classes
 from vivim_monai.metrics.segmentation import OVERLAP_METRICS, frame_confusion, overlap_per_frame
 
-__all__ = ["ClipFrameMetric", "ClipMeanDice"]
+__all__ = ["ClipFrameMetric"]
 
 _REDUCTIONS = ("mean", "mean_batch", "none")
 
@@ -64,24 +61,3 @@ class ClipFrameMetric(CumulativeIterationMetric):
             return data
         per_class = torch.nanmean(data, dim=0)[0 if self.include_background else 1 :]
         return per_class if reduction == "mean_batch" else torch.nanmean(per_class)
-
-
-class ClipMeanDice(IgniteMetricHandler):
-    """Ignite handler of :class:`ClipFrameMetric`: the foreground mean per-frame Dice of clips, for key metrics.
-
-    Bundle config: ``{"_target_": "vivim_monai.metrics.ClipMeanDice", "num_classes": 3,
-    "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}``. ``metric_name`` selects another
-    per-frame overlap metric (e.g. ``"jaccard"``); ``save_details`` stores the ``(frames, K)`` scores in
-    ``engine.state.metric_details`` (for ``MetricsSaver``).
-    """
-
-    def __init__(
-        self,
-        num_classes: int | None = None,
-        include_background: bool = False,
-        output_transform: Callable = lambda x: x,
-        save_details: bool = True,
-        metric_name: str = "dice",
-    ) -> None:
-        metric_fn = ClipFrameMetric(metric_name, num_classes=num_classes, include_background=include_background)
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
