@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,3 +71,80 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def counted_overlap(pred: np.ndarray, label: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+    """Dice and Jaccard per frame and class of index clips ``(..., H, W, T)``, by counting pixels: an oracle that
+    shares no code with the package (NaN where a class is absent from both)."""
+    pred, label = np.asarray(pred), np.asarray(label)
+    dice, jaccard = (np.full((pred.shape[-1], num_classes), np.nan) for _ in range(2))
+    for t in range(pred.shape[-1]):
+        for c in range(num_classes):
+            p, g = pred[..., t] == c, label[..., t] == c
+            if p.any() or g.any():
+                both = (p & g).sum()
+                dice[t, c] = 2.0 * both / (p.sum() + g.sum())
+                jaccard[t, c] = both / (p | g).sum()
+    return {"dice": dice, "jaccard": jaccard}
+
+
+def bundle_augmentation(vertical_flip_prob: float = 0.5, **overrides):
+    """``train#preprocessing`` of ``train.json`` (the clip augmentation), with ``train#augmentation`` overrides such
+    as ``{"rotate#prob": 1.0}``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_CONFIGS / "train.json")])
+    parser["vertical_flip_prob"] = vertical_flip_prob
+    for key, value in overrides.items():
+        parser[f"train#augmentation#{key}"] = value
+    return parser.get_parsed_content("train#preprocessing")
+
+
+#: Tiers: a test with none of these markers is ``quick`` (``bash scripts/test.sh -m quick``).
+TIER_MARKERS = ("slow", "integration", "realdata", "gpu")
+#: What in a test's (or its fixtures') source shows that it reads ``../shared/data``.
+_REAL_DATA_CALLS = ("shared_dir(", "manifest(", "SHARED_DATA")
+
+
+def _source(function: object) -> str:
+    try:
+        return inspect.getsource(function)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return ""
+
+
+def _real_data_helpers(module: ModuleType) -> set[str]:
+    """Functions of a test module that read the shared data, directly or through another such function."""
+    functions = {
+        n: _source(f) for n, f in vars(module).items() if inspect.isfunction(f) and f.__module__ == module.__name__
+    }
+    found: set[str] = set()
+    while True:
+        calls = (*_REAL_DATA_CALLS, *(f"{name}(" for name in found))
+        more = {n for n, source in functions.items() if n not in found and any(c in source for c in calls)}
+        if not more:
+            return found
+        found |= more
+
+
+def _reads_real_data(item: pytest.Item, helpers: set[str]) -> bool:
+    functions = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for definitions in info.name2fixturedefs.values() if info is not None else ():
+        functions += [definition.func for definition in definitions]
+    calls = (*_REAL_DATA_CALLS, *(f"{name}(" for name in helpers))
+    return any(call in _source(function) for function in functions if function is not None for call in calls)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests that read the shared real data ``realdata``, and every test without a tier marker ``quick``."""
+    helpers: dict[str, set[str]] = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__ not in helpers:
+            helpers[module.__name__] = _real_data_helpers(module)
+        if _reads_real_data(item, helpers.get(getattr(module, "__name__", ""), set())):
+            item.add_marker(pytest.mark.realdata)
+        if not any(item.get_closest_marker(name) for name in TIER_MARKERS):
+            item.add_marker(pytest.mark.quick)

@@ -105,6 +105,7 @@ def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):
         test_no_import_cycle_between_modules()
 
 
+@pytest.mark.integration
 def test_an_installed_copy_needs_the_bundle_folder_passed(tmp_path):
     """A non-editable install has no ``bundle/`` beside the package: commands say what to pass instead of failing
     on a missing file, and work once the folder is given."""

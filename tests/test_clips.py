@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from conftest import bundle_augmentation
 from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    RandSpatialCropd,
+    RandZoomd,
+    SpatialPadd,
+)
 from monai.utils import set_determinism
 
 from vivim_monai.data import ClipDataset, ClipSampler, select_frames
-from vivim_monai.transforms import clip_augmentation
 
 
 def cases(lengths=(23, 9, 3)):
@@ -81,14 +94,10 @@ def test_augmentation_is_drawn_once_per_clip():
     set_determinism(0)
     frame = torch.rand(3, 48, 64, 1)
     label = (torch.rand(1, 48, 64, 1) * 3).floor()
-    augment = clip_augmentation(
-        crop_size=(32, 32),
-        flip_prob=0.5,
-        rotate_prob=1.0,
-        zoom_prob=1.0,
-        blur_prob=1.0,
-        intensity_prob=1.0,
-        gamma_prob=1.0,
+    always = {f"{name}#prob": 1.0 for name in ("rotate", "zoom", "blur", "intensity", "gamma")}
+    augment = Compose(
+        [*bundle_augmentation(**always).transforms, SpatialPadd(["image", "label"], (32, 32, -1))]
+        + [RandSpatialCropd(["image", "label"], roi_size=(32, 32, -1), random_size=False)]
     )
     changed = 0
     for _ in range(5):
@@ -102,3 +111,37 @@ def test_augmentation_is_drawn_once_per_clip():
         changed += int(not torch.allclose(image[..., 0], frame[:, :32, :32, 0]))
     set_determinism(None)
     assert changed > 0
+
+
+def test_bundle_augmentation_is_the_fork_medium_recipe():
+    """train.json's Rand*d list draws exactly what the recipe (formerly a Python factory) drew, draw for draw."""
+    keys = ["image", "label"]
+    recipe = Compose(
+        [
+            RandAffined(
+                keys,
+                prob=0.3,
+                rotate_range=(0, 0, math.radians(15)),
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandZoomd(keys, 0.3, (0.9, 0.9, 1.0), (1.1, 1.1, 1.0), mode=("bilinear", "nearest-exact"), keep_size=True),
+            RandGaussianSmoothd("image", (0.5, 1.5), (0.5, 1.5), (0.0, 0.0), prob=0.2),
+            RandScaleIntensityd("image", factors=0.3, prob=0.5),
+            RandAdjustContrastd("image", prob=0.2, gamma=(0.7, 1.5)),
+        ]
+    )
+    augment = bundle_augmentation(vertical_flip_prob=0.5)
+    recipe.set_random_state(3)
+    augment.set_random_state(3)
+    changed = 0
+    for _ in range(30):
+        image, label = torch.rand(3, 40, 48, 5), torch.randint(0, 3, (1, 40, 48, 5)).float()
+        expected = recipe({"image": MetaTensor(image.clone()), "label": MetaTensor(label.clone())})
+        got = augment({"image": MetaTensor(image.clone()), "label": MetaTensor(label.clone())})
+        for key in keys:
+            assert torch.equal(got[key].as_tensor(), expected[key].as_tensor())
+        changed += int(not torch.equal(got["image"].as_tensor(), image))
+    assert changed > 20, "the draws do change the clips"

@@ -147,6 +147,7 @@ def test_fold_errors_and_strata_fallback():
     assert set(quantile_bins([2, 2, 2], 4)) == {0}
 
 
+@pytest.mark.integration
 def test_scripts_write_datalist_and_folds_and_load_by_fold(tmp_path):
     for index in range(6):
         write_phantom_case(tmp_path / "data", f"case{index}", seed=index, num_frames=4, height=32, width=32)

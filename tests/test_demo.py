@@ -6,6 +6,8 @@ import pytest
 
 from vivim_monai.demo import main
 
+pytestmark = pytest.mark.integration  # whole workflows, subprocesses or exports
+
 
 @pytest.mark.slow
 def test_main_job_trains_evaluates_and_writes_outputs(tmp_path, capsys):

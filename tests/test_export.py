@@ -20,6 +20,8 @@ from conftest import BUNDLE_CONFIGS, BUNDLE_META, REPO_ROOT, shared_dir
 from vivim_monai.export import METADATA_KEY, export_network, export_torchscript, load_exported, portable_scan
 from vivim_monai.networks import Vivim
 
+pytestmark = pytest.mark.integration  # whole workflows, subprocesses or exports
+
 CLIP = (3, 64, 64, 5)  # (C, H, W, T) of the exported files
 TOLERANCE = 1e-4
 ECHO = "US-PAL-8-10x-echo.dcm"

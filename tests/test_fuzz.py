@@ -28,6 +28,8 @@ from pydicom.uid import JPEGBaseline8Bit
 
 from vivim_monai.data import CineReadError, load_cine, load_label_cine, read_dicom_cine, write_phantom_case
 
+pytestmark = pytest.mark.integration  # whole workflows, subprocesses or exports
+
 DEFAULT_CASES = 150
 SLOW_CASES = 2000
 TIME_LIMIT_S = 10.0

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import file_digest
+from conftest import counted_overlap, file_digest
 from ignite.engine import Engine
 from monai.data import DataLoader, MetaTensor
 from monai.engines import SupervisedEvaluator
@@ -109,6 +109,11 @@ def test_evaluation_report_files_equal_the_metrics(tmp_path, caplog):
         for metric, values in metrics.items():
             table = np.array([[float(r[f"{metric}_{n}"]) for n in NAMES] for r in case_rows])
             np.testing.assert_allclose(table, values, rtol=1e-12, equal_nan=True, err_msg=f"{case_id} {metric}")
+    for case_id, (p, y) in cases.items():  # and Dice / Jaccard by counting pixels, independently of the package
+        case_rows = [r for r in rows if r["case_id"] == case_id]
+        for metric, values in counted_overlap(p, y, K).items():
+            table = np.array([[float(r[f"{metric}_{n}"]) for n in NAMES] for r in case_rows])
+            np.testing.assert_allclose(table, values, rtol=1e-12, equal_nan=True, err_msg=f"{case_id} {metric}")
     assert math.isnan(float(rows[2]["dice_non-solid"])), "absent from both: undefined, not 0 or 1"
     assert float(rows[4]["dice_solid"]) == 0.0 and float(rows[4]["hd95_solid"]) == pytest.approx(math.hypot(16, 10))
 
@@ -148,7 +153,10 @@ def test_evaluation_report_files_equal_the_metrics(tmp_path, caplog):
     assert metrics["mean_dice_fg"] == pytest.approx(stats["dice"]["by_frame_foreground"])
     assert metrics["mean_dice_fg_by_video"] == pytest.approx(stats["dice"]["by_video_foreground"])
     assert metrics["dice_solid"] == pytest.approx(stats["dice"]["by_frame"][1])
-    assert metrics["fps"] > 0 and math.isfinite(metrics["mean_hd95_fg"])
+    timing = summary["inference_timing"]
+    assert metrics["fps"] == pytest.approx(timing["frames"] / timing["seconds"]) and math.isfinite(
+        metrics["mean_hd95_fg"]
+    )
 
 
 def plain_engine(outputs: list[list[dict]], batches: list[list[dict]] | None = None) -> Engine:

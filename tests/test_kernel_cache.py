@@ -14,6 +14,8 @@ import pytest
 
 from vivim_monai.ops import cpu_kernel
 
+pytestmark = pytest.mark.integration  # whole workflows, subprocesses or exports
+
 PACKAGE = Path(cpu_kernel.__file__).resolve().parents[1]
 
 

@@ -40,6 +40,8 @@ from conftest import REPO_ROOT, load_script
 from fuzzing import MUTATIONS, make_seed, rejected_mutants, set_raw
 from PIL import Image
 
+pytestmark = pytest.mark.integration  # whole workflows, subprocesses or exports
+
 SCRIPTS = REPO_ROOT / "scripts"
 VENV = Path(os.environ.get("VIVIM_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
 CONFIGS = REPO_ROOT / "bundle" / "configs"

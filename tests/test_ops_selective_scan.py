@@ -281,6 +281,7 @@ def test_failed_kernel_build_falls_back_with_one_warning(monkeypatch):
     torch.testing.assert_close(selective_scan(**inputs), selective_scan_sequential(**inputs), **FP32_TOL)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_kernels_match_reference_when_installed():
     if "cuda" not in available_backends("cuda"):

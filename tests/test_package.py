@@ -14,6 +14,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, SHARED_SCHEMAS, file_digest, load_script, tree_digests
 
+pytestmark = pytest.mark.integration  # whole workflows, subprocesses or exports
+
 package_bundle = load_script("package_bundle")
 verify_bundle = load_script("verify_bundle")
 

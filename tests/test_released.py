@@ -12,6 +12,8 @@ from monai.bundle import ConfigParser
 
 from vivim_monai.handlers import ModelWeights
 
+pytestmark = pytest.mark.integration  # whole workflows, subprocesses or exports
+
 MODELS = REPO_ROOT / "bundle" / "models"
 RELEASED = json.loads((MODELS / "released.json").read_text()) if (MODELS / "released.json").is_file() else {}
 EXPECTED = ("carotid_lumen", "vtus_nodule")

@@ -21,9 +21,10 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_NETWORK, bundle_workflow, tree_digests
+from conftest import REPO_ROOT, TINY_NETWORK, bundle_augmentation, bundle_workflow, tree_digests
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
+from monai.transforms import Compose, RandSpatialCropd
 from PIL import Image
 
 from vivim_monai.bundle_cli import bundle_command, find_bundle
@@ -31,7 +32,8 @@ from vivim_monai.data import load_cine, make_phantom_data
 from vivim_monai.handlers import AtomicCheckpointSaver, ModelWeights, TrainingRNG
 from vivim_monai.io import read_dicom_seg_labels
 from vivim_monai.networks import PerFrameUNet, Vivim
-from vivim_monai.transforms import clip_augmentation
+
+pytestmark = pytest.mark.integration  # whole workflows, subprocesses or exports
 
 TINY = {"spatial_size": [64, 64], **TINY_NETWORK}
 # 2 training cases x 2 clips of 3 frames, batches of 2: 2 iterations per epoch, validation on 2 cases every epoch
@@ -71,7 +73,7 @@ def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> flo
 
 
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
-    augment = clip_augmentation()
+    augment = bundle_augmentation()
     augment.set_random_state(7)
     rng = TrainingRNG(transforms=[augment])
     torch.save({"rng": rng.state_dict()}, tmp_path / "state.pt")
@@ -89,7 +91,9 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     for a, b in zip(first, second):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="RNG state is of other training transforms"):
-        TrainingRNG(transforms=[clip_augmentation(crop_size=(16, 16))]).load_state_dict(state)
+        TrainingRNG(transforms=[Compose([augment, RandSpatialCropd("image", roi_size=(16, 16, -1))])]).load_state_dict(
+            state
+        )
 
 
 def _train(bundle_root: Path, data: Path, stop_after_epoch: int | None = None, **override: Any) -> dict[str, Any]:

@@ -163,6 +163,7 @@ def test_dicom_seg_of_shared_palette_cine(tmp_path):
     np.testing.assert_array_equal(read_dicom_seg_labels(seg_path), labels)
 
 
+@pytest.mark.integration
 def test_bundle_logging_keeps_highdicom_quiet_but_its_warnings(tmp_path):
     """highdicom logs an INFO line per copied module; the bundle's logging.conf shows only its warnings."""
     script = f"""

@@ -23,7 +23,7 @@ checks every input against it. Long cines go through :class:`vivim_monai.inferer
 Exports verify themselves: the exported graph and eager PyTorch (same weights, ``torch`` backend) run the example
 clip, and the maximum absolute difference is recorded (``verified_max_abs_diff``); above ``tolerance`` (times the
 largest logit magnitude when that exceeds 1) the export fails instead of writing a wrong file. Files are written
-atomically (:func:`vivim_monai.io.atomic_write`).
+atomically (:func:`vivim_monai.utils.atomic_write`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 MONAI's saver writes through ignite's ``DiskSaver(atomic=False)`` straight to the final name, so a kill during
 ``torch.save`` leaves a truncated ``.pt``; and ignite removes the checkpoint being replaced *before* it saves the
 new one, so a kill in between leaves no resume checkpoint at all (``n_saved=1``). Here every file is written by
-:func:`~vivim_monai.io.atomic_write` (hidden temporary name, then rename, with the umask's permissions) and removals
+:func:`~vivim_monai.utils.atomic_write` (hidden temporary name, then rename, with the umask's permissions) and removals
 wait until the next file is complete. A full disk or an unwritable folder raises an ``OSError`` naming the file
 (``torch.save`` itself only reports "unexpected pos ...").
 """

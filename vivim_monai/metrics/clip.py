@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 from monai.metrics import CumulativeIterationMetric
+from monai.metrics.utils import do_metric_reduction
+from monai.utils import MetricReduction
 
 from vivim_monai.metrics.frames import frame_labels, infer_num_classes
 from vivim_monai.metrics.segmentation import OVERLAP_METRICS, frame_confusion, overlap_per_frame
@@ -59,5 +61,6 @@ class ClipFrameMetric(CumulativeIterationMetric):
         reduction = reduction or self.reduction
         if reduction == "none":
             return data
-        per_class = torch.nanmean(data, dim=0)[0 if self.include_background else 1 :]
-        return per_class if reduction == "mean_batch" else torch.nanmean(per_class)
+        per_class, _ = do_metric_reduction(data, MetricReduction.MEAN_BATCH)  # NaN frames left out per class
+        per_class = per_class[0 if self.include_background else 1 :]
+        return per_class if reduction == "mean_batch" else do_metric_reduction(per_class[None], MetricReduction.MEAN)[0]

@@ -1,6 +1,5 @@
 """Transforms for ultrasound cines: loading datalist entries, fan masks, clip-consistent augmentation (on MONAI)."""
 
-from vivim_monai.transforms.augment import clip_augmentation
 from vivim_monai.transforms.channels import ToChannelsd
 from vivim_monai.transforms.fan import (
     FAN_METHODS,
@@ -13,7 +12,6 @@ from vivim_monai.transforms.fan import (
 from vivim_monai.transforms.load import LoadCined, load_fan_image
 
 __all__ = [
-    "clip_augmentation",
     "FAN_METHODS",
     "FanMaskd",
     "estimate_fan_mask",
