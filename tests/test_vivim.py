@@ -117,12 +117,13 @@ def test_time_is_mixed_only_by_st_mamba():
         torch.testing.assert_close(spatial_only(x)[..., 0], spatial_only(x_changed)[..., 0])
 
 
-def _plain_mamba_direction(mixer: TriDirectionalMamba, x: torch.Tensor, z: torch.Tensor, suffix: str) -> torch.Tensor:
+def _plain_mamba_direction(mixer: TriDirectionalMamba, x: torch.Tensor, z: torch.Tensor, name: str) -> torch.Tensor:
     """One Mamba direction over ``(B, d_inner, L)`` in its visiting order, written out from the published equations
     (Gu & Dao 2023, Alg. 2) with the mixer's parameters, token by token: no package code involved."""
-    conv, x_proj, dt_proj = (getattr(mixer, f"{name}{suffix}") for name in ("conv1d", "x_proj", "dt_proj"))
-    a = -torch.exp(getattr(mixer, f"A{suffix}_log"))  # (D, N)
-    d_skip = getattr(mixer, f"D{suffix}")
+    direction = mixer.directions[name]
+    conv, x_proj, dt_proj = direction.conv1d, direction.x_proj, direction.dt_proj
+    a = -torch.exp(direction.A_log)  # (D, N)
+    d_skip = direction.D
     length = x.shape[-1]
     u = torch.nn.functional.silu(
         torch.nn.functional.conv1d(x, conv.weight, conv.bias, padding=conv.weight.shape[-1] - 1, groups=x.shape[1])[
@@ -148,9 +149,10 @@ def _naive_tri_direction(mixer: TriDirectionalMamba, x, frames, height, width):
     length, pixels = frames * height * width, height * width
     temporal_order = (torch.arange(frames)[None, :] * pixels + torch.arange(pixels)[:, None]).flatten()
     outputs = []
-    for suffix, order in (("", torch.arange(length)), ("_b", torch.arange(length).flip(0)), ("_s", temporal_order)):
+    orders = {"raster": torch.arange(length), "reverse": torch.arange(length).flip(0), "temporal": temporal_order}
+    for name, order in orders.items():
         y = torch.empty(x.shape[0], mixer.d_inner, length)
-        y[..., order] = _plain_mamba_direction(mixer, x_in[..., order], z[..., order], suffix)
+        y[..., order] = _plain_mamba_direction(mixer, x_in[..., order], z[..., order], name)
         outputs.append(y)
     return mixer.out_proj((sum(outputs) / 3).transpose(1, 2))
 
@@ -170,12 +172,13 @@ def test_tri_directional_scan_orders(frames, height, width, backend):
 def test_dt_initialisation():
     torch.manual_seed(0)
     mixer = TriDirectionalMamba(64)
-    for suffix in ("", "_b", "_s"):
-        dt = F.softplus(getattr(mixer, f"dt_proj{suffix}").bias)
+    assert sorted(mixer.directions) == ["raster", "reverse", "temporal"]
+    for direction in mixer.directions.values():
+        dt = F.softplus(direction.dt_proj.bias)
         assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001, "Mamba's log-uniform dt in [1e-3, 0.1]"
-        torch.testing.assert_close(getattr(mixer, f"A{suffix}_log").exp()[0], torch.arange(1.0, 17.0))
+        torch.testing.assert_close(direction.A_log.exp()[0], torch.arange(1.0, 17.0))
     public = TriDirectionalMamba(64, dt_init="vivim")
-    assert public.dt_proj.bias.abs().max() == 0, "parity flag reproduces the public code's zeroed dt bias"
+    assert all(d.dt_proj.bias.abs().max() == 0 for d in public.directions.values()), "the public code's zero dt bias"
 
 
 def test_state_dict_runs_on_every_backend(tmp_path):
@@ -264,3 +267,32 @@ def test_bundle_config_instantiation():
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, Vivim) and net.out_channels == 3
     assert set(VIVIM_VARIANTS) >= {"tiny", "b0", "b1", "b2", "b3"}
+
+
+def _public_names(key: str) -> str:
+    """This package's parameter name -> the public Vivim code's (written out here, independently of the package)."""
+    for name, suffix in (("raster", ""), ("reverse", "_b"), ("temporal", "_s")):
+        key = key.replace(f"mamba.directions.{name}.A_log", f"mamba.A{suffix}_log")
+        key = key.replace(f"mamba.directions.{name}.D", f"mamba.D{suffix}")
+        for part in ("conv1d", "x_proj", "dt_proj"):
+            key = key.replace(f"mamba.directions.{name}.{part}.", f"mamba.{part}{suffix}.")
+    return key.replace("mlp.dwconv.", "mlp.dwconv.dwconv.")
+
+
+@pytest.mark.parametrize("variant", ["tiny", "lite0"])
+def test_checkpoints_with_the_public_parameter_names_load_into_the_clean_ones(variant, tmp_path):
+    torch.manual_seed(0)
+    net = Vivim(variant, in_channels=3, out_channels=2, pretrained=False).eval()
+    legacy = {_public_names(k): v for k, v in net.state_dict().items()}
+    assert any("conv1d_b" in k for k in legacy) and any("dwconv.dwconv" in k for k in legacy)
+    assert not any("directions" in k for k in legacy)
+    torch.manual_seed(1)
+    plain, via_file = (Vivim(variant, in_channels=3, out_channels=2, pretrained=False).eval() for _ in range(2))
+    plain.load_state_dict(legacy, strict=True)  # torch's own loader
+    torch.save({"model": legacy}, tmp_path / "legacy.pt")
+    via_file.load_weights(tmp_path / "legacy.pt")
+    x = clip(height=64, width=64, frames=3)
+    with torch.no_grad():
+        expected = net(x)
+        torch.testing.assert_close(plain(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(via_file(x), expected, rtol=0, atol=0)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from vivim_monai.networks.weights import state_dict_mismatch
+from vivim_monai.networks.weights import state_dict_mismatch, upgrade_legacy_keys
 
 __all__ = ["ModelWeights", "state_dict_mismatch"]
 
@@ -41,8 +41,9 @@ class ModelWeights:
         return {"model": self.module.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> Any:
-        """Load ``{"model": weights}`` or bare weights; a checkpoint that does not fit raises ``ValueError``."""
-        weights = state["model"] if isinstance(state.get("model"), Mapping) else state
+        """Load ``{"model": weights}`` or bare weights (legacy parameter names renamed, see ``LEGACY_KEY_RULES``); a
+        checkpoint that does not fit raises ``ValueError``."""
+        weights = upgrade_legacy_keys(state["model"] if isinstance(state.get("model"), Mapping) else state)
         problem = state_dict_mismatch(self.module, weights, self.checkpoint, strict=strict)
         if problem is not None:
             raise ValueError(problem)

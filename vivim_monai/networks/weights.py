@@ -20,6 +20,7 @@ import torch
 
 __all__ = [
     "PACKAGED_WEIGHTS",
+    "LEGACY_KEY_RULES",
     "PackagedWeights",
     "checkpoint_state",
     "load_state",
@@ -27,12 +28,32 @@ __all__ = [
     "read_checkpoint",
     "rename_keys",
     "state_dict_mismatch",
+    "upgrade_legacy_keys",
 ]
 
 _EXAMPLES = 3
 #: Keys under which checkpoints nest the weights: ours / the Model Zoo (``model``), Lightning (``state_dict``).
 _NESTING_KEYS = ("model", "state_dict")
 Rules = Sequence[tuple["re.Pattern[str]", str]]
+_DIRECTION_OF_SUFFIX = {"_b": "reverse", "_s": "temporal", "": "raster"}
+#: Names of the public Vivim code (and of this package before 0.4) -> this package's: the per-direction Mamba
+#: parameters ``conv1d_b`` / ``x_proj_s`` / ``A_b_log`` / ``D_s`` ... -> ``directions.<direction>.<name>``, and the
+#: nested depthwise convolutions ``mlp.dwconv.dwconv`` (ST-Mamba's DSF, SegFormer's Mix-FFN) -> ``mlp.dwconv``.
+LEGACY_KEY_RULES: Rules = (
+    *(
+        (re.compile(rf"(^|\.)mamba\.(conv1d|x_proj|dt_proj){suffix}\."), rf"\1mamba.directions.{direction}.\2.")
+        for suffix, direction in _DIRECTION_OF_SUFFIX.items()
+    ),
+    *(
+        (re.compile(rf"(^|\.)mamba\.A{suffix}_log$"), rf"\1mamba.directions.{direction}.A_log")
+        for suffix, direction in _DIRECTION_OF_SUFFIX.items()
+    ),
+    *(
+        (re.compile(rf"(^|\.)mamba\.D{suffix}$"), rf"\1mamba.directions.{direction}.D")
+        for suffix, direction in _DIRECTION_OF_SUFFIX.items()
+    ),
+    (re.compile(r"(^|\.)mlp\.dwconv\.dwconv\."), r"\1mlp.dwconv."),
+)
 
 
 @dataclass(frozen=True)
@@ -146,6 +167,11 @@ def rename_keys(
         if drop is None or not drop.match(key):
             renamed[key] = value
     return renamed
+
+
+def upgrade_legacy_keys(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with the keys of :data:`LEGACY_KEY_RULES` renamed (other keys and every value unchanged)."""
+    return rename_keys(state, LEGACY_KEY_RULES)
 
 
 def _shape(tensor: Any) -> tuple[int, ...]:

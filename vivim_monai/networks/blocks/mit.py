@@ -85,29 +85,21 @@ class EfficientSelfAttention(nn.Module):
         return self.output(self.self(x, h, w))
 
 
-class _DepthwiseConv2d(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        n, length, dim = x.shape
-        x = self.dwconv(x.transpose(1, 2).reshape(n, dim, h, w))
-        return x.flatten(2).transpose(1, 2)
-
-
 class MixFFN(nn.Module):
     """Mix-FFN: Linear (C->rC) -> 3x3 depthwise Conv2d -> GELU -> Linear (rC->C)."""
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
         super().__init__()
         self.dense1 = nn.Linear(dim, hidden_dim)
-        self.dwconv = _DepthwiseConv2d(hidden_dim)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
         self.dense2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = self.drop(F.gelu(self.dwconv(self.dense1(x), h, w)))
+        x = self.dense1(x)
+        n, _, dim = x.shape
+        x = self.dwconv(x.transpose(1, 2).reshape(n, dim, h, w)).flatten(2).transpose(1, 2)
+        x = self.drop(F.gelu(x))
         return self.drop(self.dense2(x))
 
 

@@ -9,7 +9,8 @@ scans that share the input and output projections but have their own conv / x_pr
 
 The three outputs are averaged *before* the shared output projection. The layer then applies the
 detail-specific FFN (Linear -> 3x3x3 depthwise Conv3d over (t, h, w) -> GELU -> Linear), both pre-norm with
-residuals. Parameter names follow the public Vivim code (``conv1d_b``, ``A_b_log``, ``D_s``, ...).
+residuals. Each direction's parameters live in ``directions.<raster|reverse|temporal>``; the public code's names
+(``conv1d_b``, ``A_b_log``, ``D_s``, ...) are mapped on loading by ``vivim_monai.networks.weights.LEGACY_KEY_RULES``.
 
 Unlike the public code, T comes from the input (no hard-coded 5 frames), every backend computes all three
 directions, and Mamba's dt initialisation is kept (the public code re-initialises ``dt_proj`` to zero bias;
@@ -27,9 +28,10 @@ from monai.networks.layers import DropPath
 
 from vivim_monai.ops import ScanOrder, causal_conv1d, selective_scan
 
-__all__ = ["DetailSpecificFFN", "STMambaLayer", "TriDirectionalMamba"]
+__all__ = ["DetailSpecificFFN", "MambaDirection", "STMambaLayer", "TriDirectionalMamba"]
 
-DIRECTIONS = ("", "_b", "_s")  # forward, backward, temporal-first ("spatial" in the public code)
+#: scan direction -> the visiting order of its tokens (the public code's "", "_b", "_s" = spatial-first)
+DIRECTIONS = ("raster", "reverse", "temporal")
 DT_INITS = ("mamba", "vivim")
 
 
@@ -40,6 +42,19 @@ def _batched(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     else:
         right = right.expand(left.shape[0], -1, -1)
     return torch.bmm(left, right)
+
+
+class MambaDirection(nn.Module):
+    """The parameters of one scan direction: causal depthwise conv, x / dt projections, ``A`` (as log) and ``D``."""
+
+    def __init__(self, d_inner: int, d_state: int, d_conv: int, dt_rank: int) -> None:
+        super().__init__()
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        a_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1)
+        self.A_log = nn.Parameter(a_log)  # S4D-real init: A = -(1..N)
+        self.D = nn.Parameter(torch.ones(d_inner))
 
 
 class TriDirectionalMamba(nn.Module):
@@ -80,22 +95,17 @@ class TriDirectionalMamba(nn.Module):
         self.dt_rank = dt_rank or math.ceil(dim / 16)
         self.scan_backend = scan_backend
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
-        for suffix in DIRECTIONS:
-            conv = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=True)
-            setattr(self, f"conv1d{suffix}", conv)
-            setattr(self, f"x_proj{suffix}", nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False))
-            setattr(self, f"dt_proj{suffix}", nn.Linear(self.dt_rank, self.d_inner, bias=True))
-            a_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1)
-            setattr(self, f"A{suffix}_log", nn.Parameter(a_log))  # S4D-real init: A = -(1..N)
-            setattr(self, f"D{suffix}", nn.Parameter(torch.ones(self.d_inner)))
+        self.directions = nn.ModuleDict(
+            {name: MambaDirection(self.d_inner, d_state, d_conv, self.dt_rank) for name in DIRECTIONS}
+        )
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
         self._init_weights(dt_init, dt_min, dt_max, dt_init_floor)
 
     def _init_weights(self, dt_init: str, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
-        for linear in [self.in_proj, self.out_proj] + [getattr(self, f"x_proj{s}") for s in DIRECTIONS]:
+        for linear in [self.in_proj, self.out_proj] + [d.x_proj for d in self.directions.values()]:
             nn.init.trunc_normal_(linear.weight, std=0.02)
-        for suffix in DIRECTIONS:
-            dt_proj = getattr(self, f"dt_proj{suffix}")
+        for direction in self.directions.values():
+            dt_proj = direction.dt_proj
             with torch.no_grad():
                 if dt_init == "vivim":
                     nn.init.trunc_normal_(dt_proj.weight, std=0.02)
@@ -107,13 +117,13 @@ class TriDirectionalMamba(nn.Module):
                 dt = torch.exp(log_dt).clamp(min=dt_init_floor)
                 dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus: softplus(bias) == dt
 
-    def _scan(self, x: torch.Tensor, z: torch.Tensor, suffix: str, order: ScanOrder) -> torch.Tensor:
+    def _scan(self, x: torch.Tensor, z: torch.Tensor, direction: MambaDirection, order: ScanOrder) -> torch.Tensor:
         """One direction over (B, d_inner, L) operands in memory order, visiting the tokens in ``order``.
 
         Causal conv + SiLU, x_proj -> (dt, B, C), selective scan with D skip and SiLU(z) gate; the backends read the
         operands in scan order (the compiled CPU kernel without copies) and return the output in memory order.
         """
-        conv, x_proj, dt_proj = (getattr(self, f"{name}{suffix}") for name in ("conv1d", "x_proj", "dt_proj"))
+        conv, x_proj, dt_proj = direction.conv1d, direction.x_proj, direction.dt_proj
         x = causal_conv1d(x, conv.weight, conv.bias, activation="silu", backend=self.scan_backend, scan_order=order)
         x_dbl = _batched(x.transpose(1, 2), x_proj.weight.t())  # (B, L, dt_rank + 2N)
         dt, b_mat, c_mat = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -121,10 +131,10 @@ class TriDirectionalMamba(nn.Module):
         return selective_scan(
             x,
             delta,
-            -torch.exp(getattr(self, f"A{suffix}_log").float()),
+            -torch.exp(direction.A_log.float()),
             b_mat.transpose(1, 2),
             c_mat.transpose(1, 2),
-            getattr(self, f"D{suffix}").float(),
+            direction.D.float(),
             z=z,
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
@@ -139,9 +149,9 @@ class TriDirectionalMamba(nn.Module):
             raise ValueError(f"token count {length} != T*h*w = {num_frames}*{height}*{width}")
         xz = _batched(self.in_proj.weight, x.transpose(1, 2))  # (B, 2*d_inner, L), channel-major
         x_in, z = xz.chunk(2, dim=1)
-        y = self._scan(x_in, z, "", ScanOrder("forward"))
-        y = y + self._scan(x_in, z, "_b", ScanOrder("reverse"))
-        y = y + self._scan(x_in, z, "_s", ScanOrder("temporal", num_frames))
+        y = self._scan(x_in, z, self.directions["raster"], ScanOrder("forward"))
+        y = y + self._scan(x_in, z, self.directions["reverse"], ScanOrder("reverse"))
+        y = y + self._scan(x_in, z, self.directions["temporal"], ScanOrder("temporal", num_frames))
         return _batched(y.transpose(1, 2), self.out_proj.weight.t() / 3.0)  # mean of the directions, projected
 
 
@@ -151,15 +161,14 @@ class DetailSpecificFFN(nn.Module):
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.dwconv = nn.Module()
-        self.dwconv.dwconv = nn.Conv3d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim, bias=True)
+        self.dwconv = nn.Conv3d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim, bias=True)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
         batch, length, _ = x.shape
         # tokens (B, T*h*w, C') are a channels-last 3-D map: convolve it in place of a transposed copy
         x = self.fc1(x).view(batch, num_frames, height, width, -1).permute(0, 4, 1, 2, 3)
-        x = self.dwconv.dwconv(x).permute(0, 2, 3, 4, 1).reshape(batch, length, -1)
+        x = self.dwconv(x).permute(0, 2, 3, 4, 1).reshape(batch, length, -1)
         return self.fc2(F.gelu(x))
 
 

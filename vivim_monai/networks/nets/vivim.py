@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vivim_monai.networks.blocks import BackboneEncoder, MiTEncoder, SegFormerHead, STMambaLayer
-from vivim_monai.networks.weights import checkpoint_state, load_state, read_checkpoint, rename_keys
+from vivim_monai.networks.weights import LEGACY_KEY_RULES, checkpoint_state, load_state, read_checkpoint, rename_keys
 
 __all__ = ["VIVIM_KEY_RULES", "VIVIM_VARIANTS", "Vivim", "remap_state_dict"]
 
@@ -93,6 +93,7 @@ VIVIM_KEY_RULES = (
     (re.compile(r"^edgeocr_cls_head\."), "edge_head."),
     (re.compile(r"^segformer\.encoder\."), "encoder."),
     (re.compile(r"^decode_head\."), "decoder."),
+    *LEGACY_KEY_RULES,
 )
 #: Modules of those checkpoints that Vivim never calls (SegFormer's ADE20k classifier, unused stage norms).
 _NEVER_USED = re.compile(r"^(decoder\.classifier\.|encoder\.layer_norm\.)")
@@ -116,6 +117,14 @@ def _four(name: str, value: Sequence[int]) -> tuple[int, ...]:
 def remap_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename public-Vivim / SegFormer checkpoint keys to this implementation's; drops modules Vivim never calls."""
     return rename_keys(state, VIVIM_KEY_RULES, _NEVER_USED)
+
+
+def _upgrade_legacy_keys_hook(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook: rename this module's keys of :data:`LEGACY_KEY_RULES` in place."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        new = prefix + rename_keys({key[len(prefix) :]: None}, LEGACY_KEY_RULES).popitem()[0]
+        if new != key:
+            state_dict[new] = state_dict.pop(key)
 
 
 class Vivim(nn.Module):
@@ -183,6 +192,7 @@ class Vivim(nn.Module):
         weights: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
+        self.register_load_state_dict_pre_hook(_upgrade_legacy_keys_hook)  # any loader accepts the old names
         if variant not in VIVIM_VARIANTS:
             raise ValueError(f"unknown Vivim variant {variant!r}; choose one of {sorted(VIVIM_VARIANTS)}")
         if int(in_channels) < 1 or int(out_channels) < 1:
