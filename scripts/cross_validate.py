@@ -102,14 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     overrides = dict(parse_override(text) for text in args.set)
     overlays = [str(Path(c).resolve()) for c in args.config]
     train, evaluate = ["train.json", *overlays], ["train.json", *overlays, "evaluate.json"]
-    summaries, seconds = {}, {}
     done = _finished_seconds(output / "cv_timing.json")
+    summaries, seconds = {}, dict(done)  # folds not run this time keep their wall times
     for fold in fold_ids(datalist, args.folds):
         run = {**overrides, "bundle_root": str(output / f"fold_{fold}"), "datalist": str(datalist), "fold": fold}
         summary = output / f"fold_{fold}" / "eval" / "metrics_summary.json"
         if summary.is_file() and f"evaluate_fold_{fold}" in done and not args.rerun:
             print(f"fold {fold}: already evaluated in {summary.parent} (--rerun repeats it)")
-            seconds.update({k: done[k] for k in (f"train_fold_{fold}", f"evaluate_fold_{fold}") if k in done})
         else:
             seconds[f"train_fold_{fold}"] = run_bundle(f"train fold {fold}", bundle_command(bundle, train, run))
             seconds[f"evaluate_fold_{fold}"] = run_bundle(
@@ -117,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             _write_timing(output, seconds, overlays, overrides)
         summaries[fold] = json.loads(summary.read_text())
+    for fold in fold_ids(datalist, None):  # folds evaluated by earlier runs belong in the table too
+        summary = output / f"fold_{fold}" / "eval" / "metrics_summary.json"
+        if fold not in summaries and summary.is_file() and f"evaluate_fold_{fold}" in seconds:
+            summaries[fold] = json.loads(summary.read_text())
+    summaries = dict(sorted(summaries.items()))
     if args.final:
         run = {**overrides, "bundle_root": str(output / "final"), "datalist": str(datalist), "fold": -1}
         seconds["train_final"] = run_bundle("final training on all folds", bundle_command(bundle, train, run))

@@ -176,12 +176,23 @@ def test_paper_recipe_overlay_trains_the_edge_head(tmp_path):
 @pytest.mark.slow
 def test_cross_validation_script_runs_every_fold_and_the_final_model(tmp_path):
     datalist = make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
-    command = [sys.executable, "scripts/cross_validate.py", str(datalist), "--output", str(tmp_path / "cv"), "--final"]
+    command = [sys.executable, "scripts/cross_validate.py", str(datalist), "--output", str(tmp_path / "cv")]
     overrides = ["epochs=1", "spatial_size=[64,64]", "max_numerosity=1"]
-    for override in overrides + [f"{key}={value}" for key, value in TINY_NETWORK.items()]:
-        command += ["--set", override]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    command += [arg for o in overrides + [f"{k}={v}" for k, v in TINY_NETWORK.items()] for arg in ("--set", o)]
+
+    def run(*extra: str) -> str:
+        result = subprocess.run([*command, *extra], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    first = run("--folds", "1")  # one fold alone first, as when folds run on different machines
+    assert "train fold 1" in first and "train fold 0" not in first
+    second = run("--final")
+    assert "fold 1: already evaluated" in second and "train fold 0" in second, "the earlier fold is kept"
+    third = run("--folds", "1")
+    assert "fold 1: already evaluated" in third and "train fold" not in third
+    timing = json.loads((tmp_path / "cv" / "cv_timing.json").read_text())["seconds"]
+    assert {"train_fold_0", "evaluate_fold_0", "train_fold_1", "evaluate_fold_1", "train_final"} <= set(timing), timing
     table = (tmp_path / "cv" / "cv_summary.md").read_text()
     assert "| metric | class | fold_0 | fold_1 | mean ± sd |" in table and "| dice | foreground_mean |" in table
     rows = (tmp_path / "cv" / "cv_summary.csv").read_text().splitlines()
