@@ -11,7 +11,7 @@
 # --no-deps from the exact list below: monailabel's Requires-Dist (Python 3.11 resolution with numpy==1.26.4 and
 # pydicom==2.4.4) minus sam2 (sdist only, compiles; disabled with `--conf sam2 false`) and ninja (only sam2's build
 # uses it), monai extras MONAI Label does not import on this path (mlflow, lmdb, gdown, openslide, tensorboard), plus
-# the bundle's runtime needs (einops, pytorch-ignite, nibabel, SimpleITK, scipy, pillow, pylibjpeg decoders).
+# the bundle's runtime needs (einops, pytorch-ignite, nibabel, SimpleITK, scipy, scikit-image, pillow, pylibjpeg decoders).
 #
 # torchvision: monailabel.transform.post imports torchvision.utils (make_grid/save_image, pure Python). PyPI has only
 # CUDA builds of torchvision 0.28.0 (the release for torch 2.13); with the CPU torch its _C.so cannot load (it links

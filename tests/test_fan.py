@@ -9,7 +9,9 @@ from conftest import manifest, shared_dir
 from monai.data import MetaTensor
 from monai.transforms import Compose, CropForegroundd, Invertd, LoadImaged, MaskIntensityd, Resized
 from pydicom import examples
+from scipy import ndimage
 
+import vivim_monai.transforms.fan as fan_module
 from vivim_monai.data import DicomCineReader, read_dicom_cine
 from vivim_monai.transforms import FanMaskd, estimate_fan_mask, fan_mask_from_regions, mask_iou
 
@@ -35,6 +37,27 @@ def test_estimated_fan_covers_the_sector_and_drops_text():
     assert not estimate[2:8, 2:30].any() and not estimate[94].any()
     two_frames = estimate_fan_mask(cine[..., :2])  # intensity fallback
     assert mask_iou(two_frames, fan) > 0.8
+
+
+def _scipy_largest_component_filled(mask: np.ndarray) -> np.ndarray:
+    """The earlier hand-written steps: scipy's 4-connected labelling, the largest label, binary_fill_holes."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
+    return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_monai_component_and_hole_filling_equal_the_scipy_steps(seed):
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_opening(rng.random((60, 80)) < 0.55 + 0.05 * seed)  # many blobs with holes
+    mask[20:40, 25:55] = True  # one clear largest component ...
+    mask[28:32, 38:42] = False  # ... with a hole
+    expected = _scipy_largest_component_filled(mask)
+    largest = np.asarray(fan_module._KEEP_LARGEST(mask[None].astype(np.uint8))[0], dtype=bool)
+    assert expected.sum() > largest.sum() > 200, "the fixture has holes to fill"
+    np.testing.assert_array_equal(fan_module._fill_holes(largest), expected)
 
 
 def test_fan_sources_and_method_metadata():

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import FillHoles, KeepLargestConnectedComponent, MapTransform
 from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
@@ -71,16 +71,21 @@ def _convex_fill(mask: np.ndarray) -> np.ndarray:
     return np.asarray(canvas, dtype=bool) | mask
 
 
+_KEEP_LARGEST = KeepLargestConnectedComponent(is_onehot=False, independent=False, connectivity=1)
+_FILL_HOLES = FillHoles(connectivity=1)
+
+
 def _largest_component(active: np.ndarray, close_radius: int, open_radius: int) -> np.ndarray:
-    """Open away thin text/traces, close speckle gaps, keep the largest connected component."""
+    """Open away thin text/traces, close speckle gaps, keep the largest (4-connected) component."""
     cross = ndimage.generate_binary_structure(2, 1)
     opened = ndimage.binary_opening(active, ndimage.iterate_structure(cross, open_radius))
     closed = ndimage.binary_closing(opened, ndimage.iterate_structure(cross, close_radius)) | opened
-    labels, count = ndimage.label(closed)
-    if count == 0:
-        return closed
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
-    return labels == (int(np.argmax(sizes)) + 1)
+    return np.asarray(_KEEP_LARGEST(closed[None].astype(np.uint8))[0], dtype=bool)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every background region that does not reach the border (4-connected) filled."""
+    return np.asarray(_FILL_HOLES(mask[None].astype(np.uint8))[0], dtype=bool)
 
 
 def estimate_fan_mask(
@@ -113,7 +118,7 @@ def estimate_fan_mask(
     for active in candidates:
         fan = _largest_component(active, *radii)
         if fan.mean() >= min_fraction:
-            return _convex_fill(ndimage.binary_fill_holes(fan))
+            return _convex_fill(_fill_holes(fan))
     return np.ones((height, width), dtype=bool)  # nothing distinguishable: keep the whole frame
 
 
