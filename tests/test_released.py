@@ -11,6 +11,7 @@ from conftest import REPO_ROOT, file_digest, load_script, shared_dir
 from monai.bundle import ConfigParser
 
 from vivim_monai.handlers import ModelWeights
+from vivim_monai.networks.weights import upgrade_legacy_keys
 
 pytestmark = pytest.mark.integration  # whole workflows, subprocesses or exports
 
@@ -43,9 +44,10 @@ def test_released_file_digest_size_and_strict_load(name):
     network = _network(name)
     assert sum(p.numel() for p in network.parameters()) == entry["parameters"]
     ModelWeights(network, path).load_state_dict({"model": state})  # strict: every key, every shape
+    current = upgrade_legacy_keys(state)  # stored with the 0.3 parameter names, renamed on loading
     for key, value in network.state_dict().items():
         if value.is_floating_point():
-            torch.testing.assert_close(value, state[key].float(), atol=0, rtol=0)
+            torch.testing.assert_close(value, current[key].float(), atol=0, rtol=0)
     with torch.no_grad():
         logits = network.eval()(torch.zeros(1, 3, 64, 64, 2))
     assert logits.shape == (1, len(entry["classes"]), 64, 64, 2)
