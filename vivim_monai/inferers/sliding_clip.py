@@ -110,16 +110,20 @@ class SlidingClipInferer(Inferer):
         self.device = device
         self.with_grad = with_grad
         self.progress = progress
+        self._sliding: SlidingWindowInferer | None = None
 
     def windows(self, num_frames: int) -> list[tuple[int, int]]:
         """The ``(start, stop)`` windows used for a cine of ``num_frames`` frames."""
         return clip_windows(num_frames, self.clip_length, self.stride)
 
     def _monai_inferer(self) -> SlidingWindowInferer:
+        """MONAI's inferer for these settings (built once; the settings are read at the first call)."""
+        if self._sliding is not None:
+            return self._sliding
         # MONAI's scan interval is int(roi * (1 - overlap)): give it the overlap fraction that yields self.stride
         # exactly (a quarter frame below the stride's overlap, so rounding down cannot lose a frame).
         overlap = max(0.0, (self.clip_length - self.stride - 0.25) / self.clip_length)
-        return SlidingWindowInferer(
+        self._sliding = SlidingWindowInferer(
             roi_size=(-1, -1, self.clip_length),
             sw_batch_size=self.clip_batch_size,
             overlap=(0.0, 0.0, overlap),
@@ -129,6 +133,7 @@ class SlidingClipInferer(Inferer):
             device=self.device,
             progress=self.progress,
         )
+        return self._sliding
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         """Blended network output ``(B, K, H', W', T)`` (at least float32) for ``inputs`` ``(B, C, H, W, T)``."""

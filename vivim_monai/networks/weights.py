@@ -26,6 +26,7 @@ __all__ = [
     "load_state",
     "packaged_weights_path",
     "read_checkpoint",
+    "rename_key",
     "rename_keys",
     "state_dict_mismatch",
     "upgrade_legacy_keys",
@@ -156,14 +157,20 @@ def checkpoint_state(checkpoint: Any, source: str | os.PathLike | None = None) -
     return dict(state)
 
 
+def rename_key(key: str, rules: Rules) -> str:
+    """``key`` after every ``(pattern, replacement)`` of ``rules`` in turn."""
+    for pattern, replacement in rules:
+        key = pattern.sub(replacement, key)
+    return key
+
+
 def rename_keys(
     state: Mapping[str, torch.Tensor], rules: Rules = (), drop: "re.Pattern[str] | None" = None
 ) -> dict[str, torch.Tensor]:
     """Apply every ``(pattern, replacement)`` of ``rules`` in turn to each key; keys matching ``drop`` go."""
     renamed = {}
     for key, value in state.items():
-        for pattern, replacement in rules:
-            key = pattern.sub(replacement, key)
+        key = rename_key(key, rules)
         if drop is None or not drop.match(key):
             renamed[key] = value
     return renamed

@@ -27,7 +27,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vivim_monai.networks.blocks import BackboneEncoder, MiTEncoder, SegFormerHead, STMambaLayer
-from vivim_monai.networks.weights import LEGACY_KEY_RULES, checkpoint_state, load_state, read_checkpoint, rename_keys
+from vivim_monai.networks.weights import (
+    LEGACY_KEY_RULES,
+    checkpoint_state,
+    load_state,
+    read_checkpoint,
+    rename_key,
+    rename_keys,
+)
 
 __all__ = ["VIVIM_KEY_RULES", "VIVIM_VARIANTS", "Vivim", "remap_state_dict"]
 
@@ -122,7 +129,7 @@ def remap_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 def _upgrade_legacy_keys_hook(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
     """``load_state_dict`` pre-hook: rename this module's keys of :data:`LEGACY_KEY_RULES` in place."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
-        new = prefix + rename_keys({key[len(prefix) :]: None}, LEGACY_KEY_RULES).popitem()[0]
+        new = prefix + rename_key(key[len(prefix) :], LEGACY_KEY_RULES)
         if new != key:
             state_dict[new] = state_dict.pop(key)
 
