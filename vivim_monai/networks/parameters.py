@@ -28,9 +28,10 @@ def frame_encoder(network: nn.Module) -> nn.Module | None:
 def parameter_groups(network: nn.Module, encoder_learning_rate: float | None = None) -> list:
     """Optimiser ``params``: the encoder's parameters at ``encoder_learning_rate``, the rest at the optimiser's rate.
 
-    Without an encoder, or with ``encoder_learning_rate=None``, one group of every parameter.
+    Without an encoder, or with ``encoder_learning_rate=None``, one group of every parameter. Frozen parameters
+    (``requires_grad=False``, e.g. MediViSTA's encoder) are left out.
     """
     encoder = frame_encoder(network)
     if encoder is None or encoder_learning_rate is None:
-        return [{"params": list(network.parameters())}]
+        return [{"params": [p for p in network.parameters() if p.requires_grad]}]
     return generate_param_groups(network, [lambda _: encoder], ["select"], [float(encoder_learning_rate)])

@@ -34,6 +34,7 @@ import torch.nn as nn
 from vivim_monai.networks.blocks.sam_decoder import MaskDecoder, PositionEncodingRandom
 from vivim_monai.networks.blocks.tiny_vit import TinyViT
 from vivim_monai.networks.blocks.video_adapters import FrequencyFusion, TemporalFusionAttention
+from vivim_monai.networks.embedding_cache import EmbeddingCache
 from vivim_monai.networks.nets.lite_medsam import (
     LITE_MEDSAM_SIZE,
     lite_medsam_state,
@@ -90,6 +91,8 @@ class MediViSTA(nn.Module):
         adapter_window: window of the adapters on the embedding (inside the encoder each block's own window).
         temporal_decay: lambda of ``exp(-|t - tau| / lambda)``.
         frequency_channels: width of the Haar CNN.
+        embedding_cache: a folder caching the frozen encoder's output per frame (features placement), for training
+            without image augmentation: each distinct frame is encoded once, in any run that shares the folder.
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class MediViSTA(nn.Module):
         adapter_window: int = 8,
         temporal_decay: float = 3.0,
         frequency_channels: int = 32,
+        embedding_cache: str | os.PathLike | None = None,
     ):
         super().__init__()
         if in_channels not in (1, 3):
@@ -112,7 +116,10 @@ class MediViSTA(nn.Module):
             raise ValueError(f"MediViSTA needs at least 2 output classes (background first), got {out_channels}")
         if adapter_placement not in ("features", "encoder"):
             raise ValueError(f"adapter_placement must be 'features' or 'encoder', got {adapter_placement!r}")
+        if embedding_cache is not None and adapter_placement != "features":
+            raise ValueError("embedding_cache needs adapter_placement='features' (the adapters sit in the encoder)")
         self.in_channels, self.out_channels, self.adapter_placement = in_channels, out_channels, adapter_placement
+        self.embedding_cache = None if embedding_cache is None else EmbeddingCache(embedding_cache)
         self.image_encoder = TinyViT()
         self.image_encoder.requires_grad_(False)
         if adapter_placement == "encoder":
@@ -165,8 +172,18 @@ class MediViSTA(nn.Module):
         """The frozen encoder's embedding of every frame, ``(B, 256, 64, 64, T)`` (the cache of the features path)."""
         batch, frames = x.shape[0], x.shape[-1]
         padded, _ = medsam_preprocess(self._frames(x))
-        features = self.image_encoder(padded)
+        features = self._frozen_encoding(padded)
         return features.view(batch, frames, *features.shape[1:]).permute(0, 2, 3, 4, 1)
+
+    def _frozen_encoding(self, padded: torch.Tensor) -> torch.Tensor:
+        if self.embedding_cache is None:
+            with torch.no_grad():
+                return self.image_encoder(padded)
+        return self.embedding_cache(padded, self.image_encoder, self._frozen_encoder_run)
+
+    @torch.no_grad()
+    def _frozen_encoder_run(self, padded: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(padded)
 
     def _encode_with_adapters(self, padded: torch.Tensor, batch: int) -> torch.Tensor:
         index = {position: i for i, position in enumerate(self.block_adapters)}
@@ -190,8 +207,7 @@ class MediViSTA(nn.Module):
             features = self._encode_with_adapters(padded, batch)
         else:
             if embedding is None:
-                with torch.no_grad():
-                    features = self.image_encoder(padded)
+                features = self._frozen_encoding(padded)
             else:
                 expected = (batch, _EMBEDDING_CHANNELS, _EMBEDDING_SIZE, _EMBEDDING_SIZE, frames)
                 if tuple(embedding.shape) != expected:
