@@ -10,13 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT, bundle_workflow
 
+from vivim_monai.data import make_phantom_data
 from vivim_monai.networks.blocks.video_adapters import (
     FrequencyFusion,
     TemporalFusionAttention,
     haar_subbands,
     temporal_kernel,
 )
+from vivim_monai.networks.embedding_cache import EmbeddingCache
 from vivim_monai.networks.nets.lite_medsam import LiteMedSAM, medsam_preprocess, medsam_restore
 from vivim_monai.networks.nets.medivista import MediViSTA
 from vivim_monai.networks.weights import PACKAGED_WEIGHTS, packaged_weights_path, read_checkpoint
@@ -241,3 +244,89 @@ def test_cached_feature_training_equals_online_training():
             optimiser.step()
     for (name, a), b in zip(online.state_dict().items(), cached.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+class _CountingEncoder(torch.nn.Module):
+    """A stand-in frozen encoder that counts the frames it encodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.frames = 0
+
+    def forward(self, x):
+        self.frames += x.shape[0]
+        return self.conv(x)
+
+
+def test_embedding_cache_encodes_each_distinct_frame_once(tmp_path):
+    encoder = _CountingEncoder().requires_grad_(False)
+    cache = EmbeddingCache(tmp_path / "cache")
+    frames = torch.rand(3, 3, 8, 8)
+    first = cache(frames, encoder, encoder)
+    assert torch.equal(first, encoder(frames)) and encoder.frames == 3 + 3
+    again = cache(torch.cat([frames[1:], torch.rand(1, 3, 8, 8)]), encoder, encoder)
+    assert torch.equal(again[:2], first[1:]) and encoder.frames == 6 + 1 and (cache.hits, cache.misses) == (2, 4)
+    files = sorted((tmp_path / "cache").rglob("*.pt"))
+    assert len(files) == 4 and not list((tmp_path / "cache").rglob("*.tmp*"))
+    files[0].write_bytes(b"truncated")  # a damaged entry is recomputed, not trusted
+    cache(frames, encoder, encoder)
+    assert cache.misses == 5
+    torch.nn.init.zeros_(encoder.conv.weight)  # other weights: another folder, computed afresh
+    assert not torch.equal(cache(frames, encoder, encoder), first)
+    assert len({p.parent for p in (tmp_path / "cache").rglob("*.pt")}) == 2
+
+
+def test_embedding_cache_serves_training_only(tmp_path):
+    model = MediViSTA(out_channels=2, weights=None, adapter_depth=1, embedding_cache=tmp_path)
+    clip = torch.rand(1, 3, 16, 16, 2)
+    with torch.no_grad():
+        model.eval()(clip)
+        assert model.embedding_cache.misses == 0 and not list(tmp_path.rglob("*.pt"))
+        model.train()(clip)
+        model(clip)
+    assert (model.embedding_cache.misses, model.embedding_cache.hits) == (2, 2)
+    with pytest.raises(ValueError, match="embedding_cache needs adapter_placement='features'"):
+        MediViSTA(weights=None, adapter_placement="encoder", embedding_cache=tmp_path)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_lite_medsam
+def test_bundle_trains_from_cached_embeddings_evaluates_and_infers(tmp_path):
+    """``configs/medivista.json`` through the bundle's train, evaluate and inference workflows: the frozen encoder
+    stays as in the wheel, every distinct training frame is encoded once, adapters and decoder learn."""
+    make_phantom_data(tmp_path, cases=2, frames=3, folds=2, height=64, width=64)
+    overlay = str(REPO_ROOT / "configs" / "medivista.json")
+    common = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data"), "spatial_size": [64, 64]}
+    train = bundle_workflow(
+        "train", ["train.json", overlay], fold=-1, epochs=2, batch_size=1, clip_length=3, warmup_epochs=1, **common
+    )
+    train.initialize()
+    network = train.parser.get_parsed_content("network")
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    train.run()
+    train.finalize()
+    after = network.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("image_encoder."))
+    assert not torch.equal(after["mask_decoder.mask_tokens.weight"], before["mask_decoder.mask_tokens.weight"])
+    assert not torch.equal(after["temporal_adapters.0.out.weight"], before["temporal_adapters.0.out.weight"])
+    cache = network.embedding_cache
+    assert (cache.misses, cache.hits) == (6, 6), "2 cases x 3 frames encoded in epoch 1, read in epoch 2"
+    assert len(list((tmp_path / "embedding_cache").rglob("*.pt"))) == 6
+    evaluate = bundle_workflow(
+        "eval", ["train.json", "evaluate.json", overlay], fold=0, output_dir=str(tmp_path / "eval"), **common
+    )
+    evaluate.initialize()
+    evaluate.run()
+    evaluate.finalize()
+    assert (tmp_path / "eval" / "metrics_summary.json").is_file()
+    source = str(tmp_path / "test" / "heldout.dcm")
+    infer = bundle_workflow(
+        "infer", ["inference.json", overlay], input_files=[source], output_dir=str(tmp_path / "out"), **common
+    )
+    infer.initialize()
+    infer.run()
+    infer.finalize()
+    assert (tmp_path / "out" / "heldout" / "heldout_seg.dcm").is_file()
+    assert len(list((tmp_path / "embedding_cache").rglob("*.pt"))) == 6, "evaluation and inference add nothing"

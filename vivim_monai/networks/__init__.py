@@ -1,4 +1,4 @@
-"""Vivim, its baselines and encoders, and MediViSTA on LiteMedSAM; ``vivim_monai.networks.Vivim`` is the dotted path used in bundle configs.
+"""Vivim, its baselines and encoders, MediViSTA on LiteMedSAM; ``vivim_monai.networks.<Name>`` in bundle configs.
 
 Importing this package registers EfficientNet-Lite0/1/2 as MONAI ``FlexibleUNet`` backbones
 (``FlexibleUNet(backbone="efficientnet-lite0", pretrained=True)`` loads the ImageNet weights of its pip package).

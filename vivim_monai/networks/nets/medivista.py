@@ -91,8 +91,9 @@ class MediViSTA(nn.Module):
         adapter_window: window of the adapters on the embedding (inside the encoder each block's own window).
         temporal_decay: lambda of ``exp(-|t - tau| / lambda)``.
         frequency_channels: width of the Haar CNN.
-        embedding_cache: a folder caching the frozen encoder's output per frame (features placement), for training
-            without image augmentation: each distinct frame is encoded once, in any run that shares the folder.
+        embedding_cache: a folder caching the frozen encoder's output per frame (features placement, training mode
+            only), for training without image augmentation: each distinct frame is encoded once, in any run that
+            shares the folder.
     """
 
     def __init__(
@@ -176,7 +177,7 @@ class MediViSTA(nn.Module):
         return features.view(batch, frames, *features.shape[1:]).permute(0, 2, 3, 4, 1)
 
     def _frozen_encoding(self, padded: torch.Tensor) -> torch.Tensor:
-        if self.embedding_cache is None:
+        if self.embedding_cache is None or not self.training:  # evaluation and inference never write the cache
             with torch.no_grad():
                 return self.image_encoder(padded)
         return self.embedding_cache(padded, self.image_encoder, self._frozen_encoder_run)
@@ -203,7 +204,9 @@ class MediViSTA(nn.Module):
         batch, _, height, width, frames = x.shape
         if self.adapter_placement == "encoder":
             if embedding is not None:
-                raise ValueError("cached embeddings need adapter_placement='features' (the adapters sit in the encoder)")
+                raise ValueError(
+                    "cached embeddings need adapter_placement='features' (the adapters sit in the encoder)"
+                )
             features = self._encode_with_adapters(padded, batch)
         else:
             if embedding is None:
