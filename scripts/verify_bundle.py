@@ -36,9 +36,8 @@ MAX_FILE_BYTES = 1024 * 1024
 _PERSONAL_ROOTS = ("home", "Users", "work", "root", "tmp")
 PERSONAL_PATH = re.compile(rf"(?<![\w.])(/(?:{'|'.join(_PERSONAL_ROOTS)})/|[A-Z]:\\\\)")
 TEXT_SUFFIXES = {".py", ".json", ".conf", ".md", ".txt", ".yml", ".yaml", ".cpp"}
-# ckpt_export of the network the zoo unit test trained: traced (TorchScript cannot script Vivim); while tracing, the
-# automatic scan backend is the portable PyTorch scan (the compiled kernels are Python calls no graph can hold).
-EXPORT_OVERRIDES = {"network_def#variant": "tiny"}
+# ckpt_export of the network the zoo unit test trained (the bundle's default), traced as the Model Zoo does.
+EXPORT_OVERRIDES: dict[str, object] = {}
 EXPORT_SHAPE = [1, 3, 64, 64, 5]
 
 

@@ -16,8 +16,16 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("VIVIM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 SHARED_SCHEMAS = SHARED_DATA.parent / "schemas"
-#: Bundle overrides that shrink the default network to Vivim-tiny (MiT, nothing packaged to load: pretrained off).
-TINY_NETWORK = {"network_def#variant": "tiny", "network_def#pretrained": False}
+#: Bundle override: Vivim-tiny from random initialisation instead of the default network (fast workflow tests).
+TINY_NETWORK = {
+    "network_def": {
+        "_target_": "vivim_monai.networks.Vivim",
+        "variant": "tiny",
+        "pretrained": False,
+        "in_channels": "@in_channels",
+        "out_channels": "@num_classes",
+    }
+}
 
 
 def shared_dir(name: str) -> Path:

@@ -178,7 +178,8 @@ def test_cross_validation_script_runs_every_fold_and_the_final_model(tmp_path):
     datalist = make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
     command = [sys.executable, "scripts/cross_validate.py", str(datalist), "--output", str(tmp_path / "cv")]
     overrides = ["epochs=1", "spatial_size=[64,64]", "max_numerosity=1"]
-    command += [arg for o in overrides + [f"{k}={v}" for k, v in TINY_NETWORK.items()] for arg in ("--set", o)]
+    overrides += [f"{key}={json.dumps(value)}" for key, value in TINY_NETWORK.items()]
+    command += [arg for o in overrides for arg in ("--set", o)]
 
     def run(*extra: str) -> str:
         result = subprocess.run([*command, *extra], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)

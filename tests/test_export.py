@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import BUNDLE_CONFIGS, BUNDLE_META, REPO_ROOT, shared_dir
+from conftest import BUNDLE_CONFIGS, BUNDLE_META, REPO_ROOT, TINY_NETWORK, shared_dir
 
 from vivim_monai.export import METADATA_KEY, export_network, export_torchscript, load_exported, portable_scan
 from vivim_monai.networks import Vivim
@@ -199,8 +199,7 @@ def test_export_script_from_the_bundle_config(tmp_path):
         sys.executable,
         "scripts/export_model.py",
         "--override",
-        "network_def#variant=tiny",
-        "network_def#pretrained=false",
+        f"network_def={json.dumps(TINY_NETWORK['network_def'])}",
     ]
     command += ["--clip-shape", "3", "32", "32", "3", "--format", "torchscript"]
 
@@ -234,7 +233,7 @@ def test_monai_ckpt_export_with_trace_writes_a_faithful_model(tmp_path):
     command += ["--filepath", str(tmp_path / "model.ts"), "--ckpt_file", str(tmp_path / "model.pt")]
     command += ["--meta_file", BUNDLE_META, "--config_file", str(BUNDLE_CONFIGS / "inference.json")]
     command += ["--use_trace", "True", "--input_shape", "[1,3,64,64,5]", "--key_in_ckpt", "model"]
-    command += ["--network_def#variant", "tiny", "--network_def#pretrained", "False"]
+    command += ["--network_def", str(TINY_NETWORK["network_def"])]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     files = {"metadata.json": "", "inference.json": ""}

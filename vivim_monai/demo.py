@@ -55,7 +55,9 @@ def describe_start(bundle: Path, configs: list[str]) -> str:
     network = parser.get_parsed_content("network_def")
     encoder = frame_encoder(network)
     source = getattr(encoder, "weights_source", None)
-    name = type(network).__name__ + (f"({network.variant!r})" if hasattr(network, "variant") else "")
+    inner = getattr(network, "network", None)  # FrameWise(<2-D network>)
+    detail = repr(network.variant) if hasattr(network, "variant") else type(inner).__name__ if inner else ""
+    name = type(network).__name__ + (f"({detail})" if detail else "")
     if source is None:
         return f"{name}, every weight random"
     packaged = next((p for p in PACKAGED_WEIGHTS.values() if source.endswith(p.path)), None)
