@@ -99,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="bundle config with the network")
     source.add_argument("--variant", choices=["lite0", "tiny", "b0", "b1", "b2", "b3"], help="Vivim variant instead")
     parser.add_argument("--net-id", default="network_def", help="network id in --config")
-    parser.add_argument("--override", nargs="*", default=[], metavar="ID=VALUE", help="e.g. network_def#network#backbone=efficientnet-lite1")
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        metavar="ID=VALUE",
+        help="e.g. network_def#network#backbone=efficientnet-lite1",
+    )
     parser.add_argument("--in-channels", type=int, default=3, help="with --variant")
     parser.add_argument("--out-channels", type=int, default=3, help="with --variant")
     parser.add_argument("--checkpoint", type=Path, help="weights; random initial weights without it")
