@@ -23,6 +23,7 @@ the report. Nothing here is specific to one dataset.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,8 @@ from vivim_monai.data import (
 
 REPO = Path(__file__).resolve().parents[1]
 #: The comparison arms: Vivim on pretrained EfficientNet-Lite0, the same network without time, MONAI's FlexibleUNet on
-#: the same pretrained encoder (per frame), and the from-scratch references (per-frame UNet, Vivim-tiny).
+#: the same pretrained encoder (per frame), and the from-scratch references (per-frame UNet, Vivim-tiny); MediViSTA
+#: (``--models ... medivista``) is not among the defaults: its frozen encoder alone costs seconds per frame on a CPU.
 DEFAULT_MODELS = (
     "vivim_lite0",
     "vivim_lite0_spatial_only",
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     datalist = make_folded_datalist(
         Path(args.data).resolve(), args.layout, output, args.folds, args.attribute, args.temporal_blocks, args.guard
     )
+    # MediViSTA's frozen-encoder outputs, shared by its folds and final run (content-addressed, so always valid)
+    os.environ.setdefault("VIVIM_EMBEDDING_CACHE", str(output / "embedding_cache"))
     for model in [] if args.report_only else args.models:
         run = output / model
         final = model in args.final and not (run / "final" / "models" / "model.pt").is_file()
