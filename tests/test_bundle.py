@@ -161,7 +161,7 @@ def test_paper_recipe_overlay_trains_the_edge_head(tmp_path):
         epochs=1,
         batch_size=2,
         max_numerosity=1,
-        **TINY_NETWORK,
+        **{"network_def#variant": "tiny", "network_def#pretrained": False},  # the overlay's Vivim, made small
     )
     workflow.initialize()
     network = workflow.parser.get_parsed_content("network")
