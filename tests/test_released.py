@@ -44,7 +44,7 @@ def test_released_file_digest_size_and_strict_load(name):
     network = _network(name)
     assert sum(p.numel() for p in network.parameters()) == entry["parameters"]
     ModelWeights(network, path).load_state_dict({"model": state})  # strict: every key, every shape
-    current = upgrade_legacy_keys(state)  # stored with the 0.3 parameter names, renamed on loading
+    current = upgrade_legacy_keys(state)  # older releases kept the 0.3 parameter names, renamed on loading
     for key, value in network.state_dict().items():
         if value.is_floating_point():
             torch.testing.assert_close(value, current[key].float(), atol=0, rtol=0)
