@@ -41,18 +41,27 @@ def windowed_attention(
     return window_merge(out, window, padded, size)
 
 
-class TemporalFusionAttention(nn.Module):
-    """Residual temporal-fusion attention on a clip of feature maps ``(B, T, C, H, W)`` (any ``T``)."""
+class _ZeroInitWindowAttention(nn.Module):
+    """Pre-norm query from ``dim``-wide features, keys/values from ``context``-wide ones, windowed multi-head
+    attention, and a zero-initialised output projection back to ``dim`` (an untrained adapter adds nothing)."""
 
-    def __init__(self, dim: int, hidden: int = 64, heads: int = 4, window: int = 8, decay: float = 3.0):
+    def __init__(self, dim: int, context: int, hidden: int, heads: int, window: int):
         super().__init__()
-        self.window, self.heads, self.decay = window, heads, decay
+        self.window, self.heads = window, heads
         self.norm = nn.LayerNorm(dim)
         self.query = nn.Linear(dim, hidden)
-        self.key_value = nn.Linear(dim, 2 * hidden)
+        self.key_value = nn.Linear(context, 2 * hidden)
         self.out = nn.Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+
+
+class TemporalFusionAttention(_ZeroInitWindowAttention):
+    """Residual temporal-fusion attention on a clip of feature maps ``(B, T, C, H, W)`` (any ``T``)."""
+
+    def __init__(self, dim: int, hidden: int = 64, heads: int = 4, window: int = 8, decay: float = 3.0):
+        super().__init__(dim, dim, hidden, heads, window)
+        self.decay = decay
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         batch, frames, channels, height, width = clip.shape
@@ -75,7 +84,7 @@ def haar_subbands(image: torch.Tensor) -> torch.Tensor:
     return torch.cat([a + b + c + d, a + b - c - d, a - b + c - d, a - b - c + d], dim=1) / 2
 
 
-class FrequencyFusion(nn.Module):
+class FrequencyFusion(_ZeroInitWindowAttention):
     """Residual cross-attention from image features ``(N, C, S, S)`` to CNN features of the frames' Haar details.
 
     ``frames`` are the encoder's ``(N, 3, R, R)`` inputs; the CNN halves the Haar resolution ``R / 2`` to meet the
@@ -83,8 +92,7 @@ class FrequencyFusion(nn.Module):
     """
 
     def __init__(self, dim: int = 256, channels: int = 32, hidden: int = 64, heads: int = 4, window: int = 8):
-        super().__init__()
-        self.window, self.heads = window, heads
+        super().__init__(dim, hidden, hidden, heads, window)
         self.cnn = nn.Sequential(
             nn.Conv2d(3, channels, 3, padding=1),
             nn.GELU(),
@@ -92,12 +100,6 @@ class FrequencyFusion(nn.Module):
             nn.GELU(),
             nn.Conv2d(2 * channels, hidden, 1),
         )
-        self.norm = nn.LayerNorm(dim)
-        self.query = nn.Linear(dim, hidden)
-        self.key_value = nn.Linear(hidden, 2 * hidden)
-        self.out = nn.Linear(hidden, dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
 
     def forward(self, features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         details = haar_subbands(frames.mean(dim=1, keepdim=True))[:, 1:]
