@@ -37,10 +37,18 @@ class EmbeddingCache:
         self.directory = Path(directory)
         self.hits = 0
         self.misses = 0
+        self._digest: tuple[tuple[int, ...], str] | None = None  # (tensor versions, digest) of the last encoder
+
+    def _folder(self, encoder: nn.Module) -> Path:
+        """The encoder's folder; its digest is recomputed only when a weight tensor was replaced or changed in place."""
+        versions = (id(encoder), *(v for t in encoder.state_dict().values() for v in (t.data_ptr(), t._version)))
+        if self._digest is None or self._digest[0] != versions:
+            self._digest = (versions, module_digest(encoder))
+        return self.directory / self._digest[1][:24]
 
     def __call__(self, inputs: torch.Tensor, encoder: nn.Module, run: Callable[[torch.Tensor], torch.Tensor]):
         """``inputs`` ``(N, ...)`` -> ``run(inputs)`` ``(N, ...)``, reading and writing one file per frame."""
-        folder = self.directory / module_digest(encoder)[:24]
+        folder = self._folder(encoder)
         frames = inputs.detach().cpu().contiguous()
         paths = [folder / f"{hashlib.sha256(frame.numpy().tobytes()).hexdigest()}.pt" for frame in frames]
         outputs: list[torch.Tensor | None] = [self._read(path) for path in paths]
