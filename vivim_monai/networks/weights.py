@@ -166,6 +166,18 @@ def checkpoint_state(checkpoint: Any, source: str | os.PathLike | None = None) -
     return dict(state)
 
 
+def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict in a ``.safetensors`` file or a torch checkpoint (see :func:`checkpoint_state`)."""
+    if os.fspath(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(os.fspath(path))
+        except Exception as err:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"{os.fspath(path)}: cannot read safetensors file ({type(err).__name__}: {err})") from err
+    return checkpoint_state(read_checkpoint(path), path)
+
+
 def rename_key(key: str, rules: Rules) -> str:
     """``key`` after every ``(pattern, replacement)`` of ``rules`` in turn."""
     for pattern, replacement in rules:
