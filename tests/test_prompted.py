@@ -13,8 +13,11 @@ import socket
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO_ROOT, bundle_workflow
 from transformers import BertConfig, BertModel, CLIPSegConfig, CLIPSegForImageSegmentation
 
+from vivim_monai.data import make_phantom_data
+from vivim_monai.data.joint import write_prompted_datalist
 from vivim_monai.networks import BiomedCLIPSeg, TextPromptedLite, parameter_groups
 from vivim_monai.networks.blocks.prompted_decoder import PromptedDecoder, load_clipseg_decoder_state
 from vivim_monai.networks.nets.prompted import prompts_per_clip
@@ -339,3 +342,40 @@ def test_text_prompted_lite_trains_all_but_uses_encoder_groups():
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.encoder.parameters()}
     with pytest.raises(ValueError, match="multiple of 32"):
         TextPromptedLite(["a"], pretrained=False, image_size=100)
+
+
+def test_biomedclipseg_trains_through_the_bundle_offline(
+    biomedclip_folder, clipseg_folder, offline, tmp_path, monkeypatch
+):
+    """``configs/biomedclipseg.json`` on the joint prompted datalist: the decoder learns, both encoders stay."""
+    monkeypatch.setenv("BIOMEDCLIP_DIR", str(biomedclip_folder))
+    monkeypatch.setenv("CLIPSEG_DIR", str(clipseg_folder))
+    source = make_phantom_data(tmp_path, cases=2, frames=3, folds=2, height=48, width=48)
+    document = json.loads(source.read_text())
+    for entry in document["training"]:
+        entry["label_format"] = "binary"
+    source.write_text(json.dumps(document))
+    overlays = [str(REPO_ROOT / "configs" / name) for name in ("text_prompted.json", "biomedclipseg.json")]
+    prompts = json.loads((REPO_ROOT / "configs" / "text_prompted.json").read_text())["dataset_prompts"]
+    write_prompted_datalist(tmp_path / "joint.json", {"carotid": source, "vtus": source}, prompts)
+    train = bundle_workflow(
+        "train",
+        ["train.json", *overlays],
+        bundle_root=str(tmp_path),
+        datalist=str(tmp_path / "joint.json"),
+        fold=0,
+        epochs=1,
+        batch_size=1,
+        clip_length=2,
+        spatial_size=[IMAGE, IMAGE],
+        **{"network_def#vision_heads": HEADS, "network_def#text_heads": HEADS},
+    )
+    train.initialize()
+    network = train.parser.get_parsed_content("network")
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    train.run()
+    train.finalize()
+    after = network.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith(("vision.", "text.")))
+    assert not torch.equal(after["decoder.decoder.film_mul.weight"], before["decoder.decoder.film_mul.weight"])
+    assert (tmp_path / "models" / "model.pt").is_file()
