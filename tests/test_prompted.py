@@ -344,6 +344,7 @@ def test_text_prompted_lite_trains_all_but_uses_encoder_groups():
         TextPromptedLite(["a"], pretrained=False, image_size=100)
 
 
+@pytest.mark.integration
 def test_biomedclipseg_trains_through_the_bundle_offline(
     biomedclip_folder, clipseg_folder, offline, tmp_path, monkeypatch
 ):

@@ -69,6 +69,7 @@ def test_joint_datalist(tmp_path):
         dataset_of_case("case0")
 
 
+@pytest.mark.integration
 def test_bundle_trains_evaluates_in_three_prompt_modes_and_infers_with_a_prompt(tmp_path, monkeypatch):
     source = make_phantom_data(tmp_path, cases=2, frames=3, folds=2, height=64, width=64)
     document = json.loads(source.read_text())
