@@ -380,3 +380,13 @@ def test_biomedclipseg_trains_through_the_bundle_offline(
     assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith(("vision.", "text.")))
     assert not torch.equal(after["decoder.decoder.film_mul.weight"], before["decoder.decoder.film_mul.weight"])
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_untrained_decoder_starts_with_moderate_logits():
+    """A decoder trained from scratch starts from PyTorch's initialisation (transformers leaves FiLM and the
+    upsampling at N(0, 1): logits in the hundreds, a Dice-CE loss near 200 on the first step)."""
+    torch.manual_seed(0)
+    model = TextPromptedLite(["thyroid nodule"], pretrained=False, image_size=64)
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 64, 64, 2))
+    assert logits.abs().max() < 5

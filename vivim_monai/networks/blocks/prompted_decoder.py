@@ -98,6 +98,11 @@ class PromptedDecoder(nn.Module):
         config.vision_config._attn_implementation = config.vision_config._attn_implementation or "sdpa"
         self.config = config
         self.decoder = CLIPSegDecoder(config)
+        # transformers' post_init leaves FiLM and the upsampling convolutions at N(0, 1), harmless under CLIPSeg's
+        # trained weights but logits in the hundreds for a decoder trained from scratch: PyTorch's default instead
+        for module in (self.decoder.film_mul, self.decoder.film_add, *self.decoder.transposed_convolution.modules()):
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+                module.reset_parameters()
         if token_widths is not None:
             if len(token_widths) != len(config.extract_layers):
                 raise ValueError(f"{len(token_widths)} token widths for {len(config.extract_layers)} extract layers")
