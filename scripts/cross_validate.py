@@ -80,7 +80,9 @@ def _finished_seconds(timing: Path) -> dict[str, float]:
 
 
 def _write_timing(output: Path, seconds: dict[str, float], overlays: list[str], overrides: dict) -> None:
-    """``cv_timing.json`` after every fold, so an interrupted run resumes at the first unfinished fold."""
+    """``cv_timing.json`` after every fold, so an interrupted run resumes at the first unfinished fold. Times another
+    process wrote meanwhile (``--folds k`` runs side by side) are kept; this run's own times win."""
+    seconds = {**_finished_seconds(output / "cv_timing.json"), **seconds}
     timing = json.dumps({"seconds": seconds, "configs": overlays, "overrides": overrides}, indent=4) + "\n"
     atomic_write(output / "cv_timing.json", lambda name: Path(name).write_text(timing))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_script
 from monai.bundle import ConfigParser
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
@@ -317,3 +317,13 @@ def test_paired_cases_table_counts_frames_better_tied_worse(tmp_path):
     assert "| 0 | a | 3 | 0.800 | 0.833 | -0.033 | 1 / 1 / 1 |" in text
     assert "| 0 | b | 2 | 0.500 | 0.500 | +0.000 | 0 / 0 / 1 |" in text  # the NaN frame counts nowhere
     assert "All frames: with better in 1, tied (±0.005) in 1, worse in 2." in text
+
+
+def test_cross_validation_timing_keeps_times_another_process_wrote(tmp_path):
+    """Folds run side by side (``--folds 0``, ``--folds 1``) both rewrite cv_timing.json; neither loses the other's."""
+    cross_validate = load_script("cross_validate")
+    cross_validate._write_timing(tmp_path, {"train_fold_0": 1.0}, [], {})  # process A, fold 0 training done
+    cross_validate._write_timing(tmp_path, {"train_fold_1": 2.0}, [], {})  # process B started before A wrote
+    cross_validate._write_timing(tmp_path, {"train_fold_0": 1.0, "evaluate_fold_0": 3.0}, [], {})  # A again
+    seconds = json.loads((tmp_path / "cv_timing.json").read_text())["seconds"]
+    assert seconds == {"train_fold_0": 1.0, "train_fold_1": 2.0, "evaluate_fold_0": 3.0}

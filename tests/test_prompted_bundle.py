@@ -4,13 +4,12 @@ step on its own."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, bundle_workflow
+from conftest import REPO_ROOT, bundle_workflow, load_script
 
 from vivim_monai.data import load_datalist, make_phantom_data
 from vivim_monai.data.joint import dataset_of_case, write_prompted_datalist
@@ -19,13 +18,6 @@ from vivim_monai.networks import TextPromptedLite
 
 OVERLAY = str(REPO_ROOT / "configs" / "text_prompted.json")
 PROMPTS = json.loads((REPO_ROOT / "configs" / "text_prompted.json").read_text())["dataset_prompts"]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_prepare_batch_prompt_modes():
@@ -102,7 +94,7 @@ def test_bundle_trains_evaluates_in_three_prompt_modes_and_infers_with_a_prompt(
     assert trained == {PROMPTS["carotid"], PROMPTS["vtus"]}, "training sees each case's own prompt"
     assert (tmp_path / "models" / "model.pt").is_file()
 
-    sensitivity = _script("prompt_sensitivity")
+    sensitivity = load_script("prompt_sensitivity")
     dice = {}
     for mode, expected in (
         ("own", {PROMPTS["carotid"], PROMPTS["vtus"]}),
