@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -390,3 +392,20 @@ def test_untrained_decoder_starts_with_moderate_logits():
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 64, 64, 2))
     assert logits.abs().max() < 5
+
+
+def test_networks_import_without_transformers_and_prompted_ones_name_it():
+    """MONAI Label's environment has no transformers: the package and the default network must still load."""
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"
+        "import vivim_monai.networks as n\n"
+        "from monai.networks.nets import FlexibleUNet\n"
+        "FlexibleUNet(3, 2, backbone='efficientnet-lite0', pretrained=False)\n"
+        "try:\n"
+        "    n.TextPromptedLite(['a'], pretrained=False)\n"
+        "except ImportError as err:\n"
+        "    print('ERR', err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ERR the text-prompted networks are built on the 'transformers' package" in done.stdout

@@ -11,22 +11,37 @@ arXiv 2401.14168) can mix the patch tokens of all frames of a clip before the up
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn as nn
-from transformers import CLIPSegConfig
-from transformers.models.clipseg.modeling_clipseg import CLIPSegDecoder
 
 from vivim_monai.networks.blocks.st_mamba import STMambaLayer
 from vivim_monai.networks.weights import load_state, read_state_file
 
-__all__ = ["PromptedDecoder", "clipseg_decoder_config", "load_clipseg_decoder_state"]
+if TYPE_CHECKING:
+    from transformers import CLIPSegConfig
+
+__all__ = ["PromptedDecoder", "clipseg_decoder_config", "load_clipseg_decoder_state", "require_transformers"]
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def require_transformers(module: str = "transformers") -> ModuleType:
+    """``module`` of the transformers package, imported when a prompted network is built (so that importing
+    ``vivim_monai.networks`` never needs it, e.g. in MONAI Label's environment); a clear error when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"the text-prompted networks are built on the 'transformers' package ({module} cannot be imported: "
+            f"{err}); install the project's requirements (pip install -r requirements.txt)"
+        ) from err
 
 
 def clipseg_decoder_config(
@@ -38,10 +53,10 @@ def clipseg_decoder_config(
     heads: int = 4,
     intermediate_size: int = 2048,
     refined: bool = True,
-) -> CLIPSegConfig:
+) -> "CLIPSegConfig":
     """A ``CLIPSegConfig`` for a decoder over encoder tokens of ``token_width`` channels on a ``patch_size`` grid and
     conditional embeddings of ``conditional_dim``; the defaults are CLIPSeg ``rd64-refined``'s."""
-    return CLIPSegConfig(
+    return require_transformers().CLIPSegConfig(
         # the decoder reads only the encoder's token width and patch size from vision_config
         vision_config={"hidden_size": token_width, "patch_size": patch_size, "num_attention_heads": 1},
         projection_dim=conditional_dim,
@@ -65,7 +80,7 @@ def load_clipseg_decoder_state(folder: str | os.PathLike) -> tuple[CLIPSegConfig
         missing.append(" or ".join(_WEIGHT_FILES))
     if missing:
         raise FileNotFoundError(f"{folder}: not a CLIPSeg model folder, missing {', '.join(missing)}")
-    config = CLIPSegConfig.from_pretrained(folder, local_files_only=True)
+    config = require_transformers().CLIPSegConfig.from_pretrained(folder, local_files_only=True)
     state = read_state_file(weights[0])
     decoder = {k[len("decoder.") :]: v for k, v in state.items() if k.startswith("decoder.")}
     if not decoder:
@@ -97,7 +112,7 @@ class PromptedDecoder(nn.Module):
         # a decoder built on its own has no attention implementation chosen (transformers warns); PyTorch's SDPA
         config.vision_config._attn_implementation = config.vision_config._attn_implementation or "sdpa"
         self.config = config
-        self.decoder = CLIPSegDecoder(config)
+        self.decoder = require_transformers("transformers.models.clipseg.modeling_clipseg").CLIPSegDecoder(config)
         # transformers' post_init leaves FiLM and the upsampling convolutions at N(0, 1), harmless under CLIPSeg's
         # trained weights but logits in the hundreds for a decoder trained from scratch: PyTorch's default instead
         for module in (self.decoder.film_mul, self.decoder.film_add, *self.decoder.transposed_convolution.modules()):

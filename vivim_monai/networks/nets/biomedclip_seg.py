@@ -21,19 +21,22 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
-from transformers import BertConfig, BertModel, BertTokenizerFast, ViTConfig, ViTModel
 
 from vivim_monai.networks.blocks.prompted_decoder import (
     PromptedDecoder,
     clipseg_decoder_config,
     load_clipseg_decoder_state,
+    require_transformers,
 )
 from vivim_monai.networks.nets.prompted import PromptedSegmenter
 from vivim_monai.networks.weights import load_state, read_state_file
+
+if TYPE_CHECKING:
+    from transformers import BertConfig, ViTConfig
 
 __all__ = ["BiomedCLIPSeg", "BiomedCLIPText", "load_open_clip_folder", "timm_vit_to_transformers"]
 
@@ -69,7 +72,7 @@ def _layer_count(state: dict[str, torch.Tensor], pattern: str) -> int:
 
 def timm_vit_to_transformers(
     state: dict[str, torch.Tensor], heads: int | None = None, prefix: str = _VISION
-) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+) -> tuple["ViTConfig", dict[str, torch.Tensor]]:
     """A timm ``VisionTransformer`` state dict (class token, pre-norm blocks with fused qkv, final norm) as the
     config and state dict of transformers' ``ViTModel`` (no pooler)."""
     patch = state[prefix + "patch_embed.proj.weight"]
@@ -77,7 +80,7 @@ def timm_vit_to_transformers(
     positions = state[prefix + "pos_embed"].shape[1] - 1
     grid = int(round(positions**0.5))
     depth = _layer_count(state, re.escape(prefix) + r"blocks\.(\d+)\.")
-    config = ViTConfig(
+    config = require_transformers().ViTConfig(
         hidden_size=width,
         num_hidden_layers=depth,
         num_attention_heads=heads or width // 64,
@@ -120,10 +123,10 @@ def timm_vit_to_transformers(
     return config, out
 
 
-def bert_config_from_state(state: dict[str, torch.Tensor], heads: int | None = None) -> BertConfig:
+def bert_config_from_state(state: dict[str, torch.Tensor], heads: int | None = None) -> "BertConfig":
     """The shape of a BERT from its weights (keys without the ``text.transformer.`` prefix)."""
     width = state["embeddings.word_embeddings.weight"].shape[1]
-    return BertConfig(
+    return require_transformers().BertConfig(
         vocab_size=state["embeddings.word_embeddings.weight"].shape[0],
         hidden_size=width,
         num_hidden_layers=_layer_count(state, r"encoder\.layer\.(\d+)\."),
@@ -147,7 +150,8 @@ class BiomedCLIPText(nn.Module):
         self.context_length = int(text_cfg.get("context_length", 256))
         bert_state = {k[len(_TEXT) :]: v for k, v in state.items() if k.startswith(_TEXT)}
         bert_state = {k: v for k, v in bert_state.items() if not UNUSED_OPEN_CLIP_KEYS.match(_TEXT + k)}
-        self.bert = BertModel(bert_config_from_state(bert_state, heads), add_pooling_layer=False)
+        transformers = require_transformers()
+        self.bert = transformers.BertModel(bert_config_from_state(bert_state, heads), add_pooling_layer=False)
         load_state(self.bert, bert_state, folder)
         proj = {k[len("text.proj.") :]: v for k, v in state.items() if k.startswith("text.proj.")}
         if "0.weight" in proj:  # mlp
@@ -163,7 +167,7 @@ class BiomedCLIPText(nn.Module):
             raise ValueError(f"{folder}: no text projection (text.proj.*) in the open_clip weights")
         load_state(self.projection, proj, folder)
         self.embedding_dim: int = proj["2.weight" if "0.weight" in proj else "weight"].shape[0]
-        self.tokenizer = BertTokenizerFast.from_pretrained(os.fspath(folder), local_files_only=True)
+        self.tokenizer = transformers.BertTokenizerFast.from_pretrained(os.fspath(folder), local_files_only=True)
         self.requires_grad_(False)
         self.eval()
 
@@ -231,7 +235,7 @@ class BiomedCLIPSeg(PromptedSegmenter):
         if decoder_state is not None:
             decoder.load_weights(decoder_state, clipseg)
         super().__init__(decoder, vit_config.image_size, class_token=True, default_prompt=default_prompt)
-        self.vision = ViTModel(vit_config, add_pooling_layer=False)
+        self.vision = require_transformers().ViTModel(vit_config, add_pooling_layer=False)
         load_state(self.vision, vit_state, source)
         self.vision.requires_grad_(False)
         self.text = text
