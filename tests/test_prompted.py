@@ -112,18 +112,15 @@ def biomedclip_folder(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def clipseg_folder(tmp_path_factory):
-    """A tiny CLIPSeg ``rd64-refined``-shaped model saved by transformers (decoder for width-32 tokens, 16-d text)."""
-    folder = tmp_path_factory.mktemp("clipseg")
-    torch.manual_seed(1)
+def _save_tiny_clipseg(folder, width: int) -> None:
+    """A tiny CLIPSeg ``rd64-refined``-shaped model saved by transformers (decoder for width-``width`` tokens)."""
     config = CLIPSegConfig(
         text_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32},
         vision_config={
-            "hidden_size": WIDTH,
+            "hidden_size": width,
             "num_hidden_layers": DEPTH,
             "num_attention_heads": HEADS,
-            "intermediate_size": 2 * WIDTH,
+            "intermediate_size": 2 * width,
             "image_size": IMAGE,
             "patch_size": PATCH,
         },
@@ -135,6 +132,14 @@ def clipseg_folder(tmp_path_factory):
         use_complex_transposed_convolution=True,
     )
     CLIPSegForImageSegmentation(config).save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def clipseg_folder(tmp_path_factory):
+    """A tiny CLIPSeg ``rd64-refined``-shaped model saved by transformers (decoder for width-32 tokens, 16-d text)."""
+    folder = tmp_path_factory.mktemp("clipseg")
+    torch.manual_seed(1)
+    _save_tiny_clipseg(folder, WIDTH)
     return folder
 
 
@@ -257,22 +262,7 @@ def test_missing_files_are_named(tmp_path, biomedclip_folder):
 
 
 def test_clipseg_of_another_width_is_refused(biomedclip_folder, tmp_path):
-    config = CLIPSegConfig(
-        text_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32},
-        vision_config={
-            "hidden_size": 24,
-            "num_hidden_layers": DEPTH,
-            "num_attention_heads": 2,
-            "intermediate_size": 32,
-            "image_size": IMAGE,
-            "patch_size": PATCH,
-        },
-        projection_dim=EMBED,
-        reduce_dim=8,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=16,
-    )
-    CLIPSegForImageSegmentation(config).save_pretrained(tmp_path)
+    _save_tiny_clipseg(tmp_path, 24)
     with pytest.raises(ValueError, match="width 24.*BiomedCLIP gives 32"):
         BiomedCLIPSeg(biomedclip_folder, tmp_path, vision_heads=HEADS, text_heads=HEADS)
 
