@@ -399,3 +399,22 @@ def test_networks_import_without_transformers_and_prompted_ones_name_it():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ERR the text-prompted networks are built on the 'transformers' package" in done.stdout
+
+
+def test_text_tower_encodes_each_prompt_once_until_its_weights_change(biomedclip_folder, clipseg_folder, offline):
+    model = _model(biomedclip_folder, clipseg_folder)
+    calls = []
+    encode = model.text._encode
+    model.text._encode = lambda prompts: calls.append(list(prompts)) or encode(prompts)
+    first = model.encode_prompts([PROMPT, "glottis", PROMPT])
+    again = model.encode_prompts(["glottis", PROMPT])
+    assert calls == [["glottis", PROMPT]]
+    torch.testing.assert_close(again, first[[1, 0]])
+    torch.testing.assert_close(first[0], first[2])
+    state = model.state_dict()
+    state["text.bert.embeddings.word_embeddings.weight"] = state["text.bert.embeddings.word_embeddings.weight"] * 2
+    model.load_state_dict(state)  # e.g. the bundle's CheckpointLoader
+    changed = model.encode_prompts([PROMPT])
+    assert len(calls) == 2 and not torch.allclose(changed[0], first[0])
+    model.double()
+    assert model.encode_prompts([PROMPT]).dtype == torch.float64 and len(calls) == 3

@@ -106,8 +106,13 @@ def timm_vit_to_transformers(
         "layernorm.weight": take("norm.weight"),
         "layernorm.bias": take("norm.bias"),
     }
-    renames = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.o_proj"}
-    renames |= {"mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    renames = {
+        "norm1": "layernorm_before",
+        "norm2": "layernorm_after",
+        "attn.proj": "attention.o_proj",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+    }
     for block in range(depth):
         source, target = f"blocks.{block}.", f"layers.{block}."
         for name, new in renames.items():
@@ -135,6 +140,11 @@ def bert_config_from_state(state: dict[str, torch.Tensor], heads: int | None = N
         max_position_embeddings=state["embeddings.position_embeddings.weight"].shape[0],
         type_vocab_size=state["embeddings.token_type_embeddings.weight"].shape[0],
     )
+
+
+def _forget_embeddings(module: nn.Module, *_: Any) -> None:
+    """Drop a text tower's stored prompt embeddings (its weights, device or dtype changed)."""
+    getattr(module, "_embeddings", {}).clear()
 
 
 class BiomedCLIPText(nn.Module):
@@ -170,13 +180,29 @@ class BiomedCLIPText(nn.Module):
         self.tokenizer = transformers.BertTokenizerFast.from_pretrained(os.fspath(folder), local_files_only=True)
         self.requires_grad_(False)
         self.eval()
+        # frozen: a prompt's embedding is computed once (BERT-base per training step and sliding window otherwise)
+        self._embeddings: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+        self.register_load_state_dict_post_hook(_forget_embeddings)
 
     def train(self, mode: bool = True) -> "BiomedCLIPText":
         """Frozen: always in evaluation mode (no BERT dropout), whatever the enclosing network's mode."""
         return super().train(False)
 
+    def _apply(self, fn, recurse: bool = True):
+        _forget_embeddings(self)  # .to(), .half(): stored embeddings would be on the old device or dtype
+        return super()._apply(fn, recurse)
+
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> torch.Tensor:
+        """One embedding per prompt, ``(len(prompts), embedding_dim)``; each distinct prompt is encoded once."""
+        weight = self.bert.embeddings.word_embeddings.weight
+        missing = sorted({p for p in prompts if (p, weight.device, weight.dtype) not in self._embeddings})
+        if missing:
+            for prompt, embedding in zip(missing, self._encode(missing)):
+                self._embeddings[(prompt, weight.device, weight.dtype)] = embedding
+        return torch.stack([self._embeddings[(p, weight.device, weight.dtype)] for p in prompts])
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(
             prompts, padding=True, truncation=True, max_length=self.context_length, return_tensors="pt"
         ).to(self.bert.embeddings.word_embeddings.weight.device)
@@ -239,8 +265,6 @@ class BiomedCLIPSeg(PromptedSegmenter):
         load_state(self.vision, vit_state, source)
         self.vision.requires_grad_(False)
         self.text = text
-        mean_std = config.get("preprocess_cfg", {})
-        self.image_mean, self.image_std = mean_std.get("mean"), mean_std.get("std")
         self.train()  # frozen encoders in evaluation mode from the start
 
     def train(self, mode: bool = True) -> "BiomedCLIPSeg":
