@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,6 +57,16 @@ def bundle_workflow(kind: str, files: list[str], **override):
         workflow_type=kind,
         **override,
     )
+
+
+def train_with_snapshot(workflow) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Initialise, run and finalise a training ``ConfigWorkflow``: ``(network, weights before, weights after)``."""
+    workflow.initialize()
+    network = workflow.parser.get_parsed_content("network")
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    workflow.run()
+    workflow.finalize()
+    return network, before, network.state_dict()
 
 
 def file_digest(path: str | os.PathLike) -> str:

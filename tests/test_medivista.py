@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, bundle_workflow
+from conftest import REPO_ROOT, bundle_workflow, train_with_snapshot
 
 from vivim_monai.data import make_phantom_data
 from vivim_monai.networks.blocks.video_adapters import (
@@ -302,12 +302,7 @@ def test_bundle_trains_from_cached_embeddings_evaluates_and_infers(tmp_path):
     train = bundle_workflow(
         "train", ["train.json", overlay], fold=-1, epochs=2, batch_size=1, clip_length=3, warmup_epochs=1, **common
     )
-    train.initialize()
-    network = train.parser.get_parsed_content("network")
-    before = {k: v.clone() for k, v in network.state_dict().items()}
-    train.run()
-    train.finalize()
-    after = network.state_dict()
+    network, before, after = train_with_snapshot(train)
     assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("image_encoder."))
     assert not torch.equal(after["mask_decoder.mask_tokens.weight"], before["mask_decoder.mask_tokens.weight"])
     assert not torch.equal(after["temporal_adapters.0.out.weight"], before["temporal_adapters.0.out.weight"])

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT, bundle_workflow
+from conftest import REPO_ROOT, bundle_workflow, train_with_snapshot
 from transformers import BertConfig, BertModel, CLIPSegConfig, CLIPSegForImageSegmentation
 
 from vivim_monai.data import make_phantom_data
@@ -363,12 +363,7 @@ def test_biomedclipseg_trains_through_the_bundle_offline(
         spatial_size=[IMAGE, IMAGE],
         **{"network_def#vision_heads": HEADS, "network_def#text_heads": HEADS},
     )
-    train.initialize()
-    network = train.parser.get_parsed_content("network")
-    before = {k: v.clone() for k, v in network.state_dict().items()}
-    train.run()
-    train.finalize()
-    after = network.state_dict()
+    network, before, after = train_with_snapshot(train)
     assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith(("vision.", "text.")))
     assert not torch.equal(after["decoder.decoder.film_mul.weight"], before["decoder.decoder.film_mul.weight"])
     assert (tmp_path / "models" / "model.pt").is_file()
