@@ -11,26 +11,14 @@ over frames) in each mode and the drops. A model that ignores its prompt shows n
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import statistics
 import sys
 from pathlib import Path
 
 from vivim_monai.bundle_cli import bundle_command, find_bundle, run_bundle
-from vivim_monai.data.joint import dataset_of_case
 from vivim_monai.engines import PROMPT_MODES
+from vivim_monai.experiments import per_dataset_means
 from vivim_monai.utils import atomic_write
-
-
-def dice_per_dataset(per_frame_csv: Path, column: str = "dice_target") -> dict[str, float]:
-    """Mean of ``column`` over the frames of each dataset (frames without a value are left out)."""
-    values: dict[str, list[float]] = {}
-    with open(per_frame_csv, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row.get(column) not in (None, "", "nan"):
-                values.setdefault(dataset_of_case(row["case_id"]), []).append(float(row[column]))
-    return {name: statistics.fmean(v) for name, v in sorted(values.items())}
 
 
 def sensitivity_table(dice: dict[str, dict[str, float]]) -> tuple[str, dict]:
@@ -68,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             "output_dir": str(output / mode),
         }
         run_bundle(f"evaluate, prompt mode {mode}", bundle_command(bundle, configs, run))
-        dice[mode] = dice_per_dataset(output / mode / "metrics_per_frame.csv")
+        per_dataset = per_dataset_means(output / mode / "metrics_per_frame.csv", "dice_target")
+        dice[mode] = {name: mean for name, (mean, _) in per_dataset.items()}
     markdown, rows = sensitivity_table(dice)
     atomic_write(output / "prompt_sensitivity.md", lambda name: Path(name).write_text(markdown))
     atomic_write(output / "prompt_sensitivity.json", lambda name: Path(name).write_text(json.dumps(rows, indent=4)))

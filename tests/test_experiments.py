@@ -20,10 +20,13 @@ from vivim_monai.experiments import (
     FoldStat,
     ModelStats,
     fold_curves,
+    joint_fold_results,
+    joint_report,
     load_run,
     loss_per_epoch,
     model_parser,
     paired_difference,
+    per_dataset_means,
     predict_case,
     winner_sentence,
     write_comparison,
@@ -327,3 +330,52 @@ def test_cross_validation_timing_keeps_times_another_process_wrote(tmp_path):
     cross_validate._write_timing(tmp_path, {"train_fold_0": 1.0, "evaluate_fold_0": 3.0}, [], {})  # A again
     seconds = json.loads((tmp_path / "cv_timing.json").read_text())["seconds"]
     assert seconds == {"train_fold_0": 1.0, "train_fold_1": 2.0, "evaluate_fold_0": 3.0}
+
+
+def _write_frames(path: Path, rows: list[tuple[str, float, float, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case_id", "frame", "dice_background", "dice_target", "jaccard_target", "hd95_target"])
+        for frame, (case, dice, jaccard, hd95) in enumerate(rows):
+            writer.writerow([case, frame, 0.99, dice, jaccard, hd95])
+
+
+def test_joint_report_per_dataset_over_folds_and_prompt_drops(tmp_path):
+    # fold 0: carotid frames 0.8 / 0.6 (mean 0.7), bagls 0.4 and a frame without HD95; fold 1: carotid 0.5 only
+    own = {
+        0: [("carotid/a", 0.8, 0.67, 10.0), ("carotid/a", 0.6, 0.43, 20.0), ("bagls/v", 0.4, 0.25, float("nan"))],
+        1: [("carotid/b", 0.5, 0.33, 30.0)],
+    }
+    other = {
+        0: [("carotid/a", 0.5, 0, 0), ("carotid/a", 0.5, 0, 0), ("bagls/v", 0.6, 0, 0)],
+        1: [("carotid/b", 0.5, 0, 0)],
+    }
+    empty = {
+        0: [("carotid/a", 0.7, 0, 0), ("carotid/a", 0.7, 0, 0), ("bagls/v", 0.4, 0, 0)],
+        1: [("carotid/b", 0.2, 0, 0)],
+    }
+    for fold in (0, 1):
+        for mode, rows in (("own", own), ("other", other), ("empty", empty)):
+            _write_frames(tmp_path / f"fold_{fold}" / "prompt_sensitivity" / mode / "metrics_per_frame.csv", rows[fold])
+    (tmp_path / "fold_2" / "eval").mkdir(parents=True)  # a fold without the sensitivity runs is left out
+
+    assert per_dataset_means(tmp_path / "fold_0/prompt_sensitivity/own/metrics_per_frame.csv", "hd95_target") == {
+        "carotid": (15.0, 2)  # bagls' only frame has no HD95
+    }
+    results = joint_fold_results(tmp_path)
+    assert sorted(results) == [0, 1]
+    assert results[0]["carotid"]["dice_target"] == pytest.approx(0.7)
+    assert results[0]["carotid"]["drop_other"] == pytest.approx(0.2)
+    assert results[0]["bagls"]["drop_other"] == pytest.approx(-0.2)
+    assert results[1]["carotid"]["drop_empty"] == pytest.approx(0.3)
+    markdown = joint_report(tmp_path)
+    # carotid Dice over folds: 0.7 and 0.5 -> 0.600 ± 0.141; drop with an empty prompt 0.0 and 0.3 -> +0.150 ± 0.212
+    assert (
+        "| carotid | 2 | 0.600 ± 0.141 | 0.440 ± 0.156 | 22.500 ± 10.607 | +0.100 ± 0.141 (worse in 1/2) |" in markdown
+    )
+    assert "+0.150 ± 0.212 (worse in 1/2) |" in markdown
+    assert "| bagls | 1 | 0.400 | 0.250 | n/a | -0.200 (worse in 0/1) | +0.000 (worse in 0/1) |" in markdown
+    assert "| 0 | bagls | 1 | 0.400 | 0.250 | n/a | -0.200 | +0.000 |" in markdown
+    with pytest.raises(FileNotFoundError, match="prompt_sensitivity"):
+        joint_report(tmp_path / "fold_2")

@@ -9,6 +9,7 @@ specific to one dataset.
 
 from vivim_monai.experiments.curves import FoldCurves, fold_curves, loss_per_epoch, read_scalars, write_training_curves
 from vivim_monai.experiments.examples import frame_dice, predict_case, write_examples
+from vivim_monai.experiments.prompted import joint_fold_results, joint_report, per_dataset_means
 from vivim_monai.experiments.report import write_comparison
 from vivim_monai.experiments.runs import ModelRun, build_network, count_parameters, load_run, model_parser
 from vivim_monai.experiments.tables import (
@@ -31,12 +32,15 @@ __all__ = [
     "comparison_markdown",
     "count_parameters",
     "fold_curves",
+    "joint_fold_results",
+    "joint_report",
     "frame_dice",
     "load_run",
     "loss_per_epoch",
     "model_parser",
     "model_stats",
     "paired_difference",
+    "per_dataset_means",
     "predict_case",
     "read_scalars",
     "winner_sentence",
