@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             "output_dir": str(output / mode),
         }
         run_bundle(f"evaluate, prompt mode {mode}", bundle_command(bundle, configs, run))
-        per_dataset = per_dataset_means(output / mode / "metrics_per_frame.csv", "dice_target")
-        dice[mode] = {name: mean for name, (mean, _) in per_dataset.items()}
+        per_dataset = per_dataset_means(output / mode / "metrics_per_frame.csv", ["dice_target"])
+        dice[mode] = {name: columns["dice_target"][0] for name, columns in per_dataset.items()}
     markdown, rows = sensitivity_table(dice)
     atomic_write(output / "prompt_sensitivity.md", lambda name: Path(name).write_text(markdown))
     atomic_write(output / "prompt_sensitivity.json", lambda name: Path(name).write_text(json.dumps(rows, indent=4)))

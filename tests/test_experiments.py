@@ -360,9 +360,11 @@ def test_joint_report_per_dataset_over_folds_and_prompt_drops(tmp_path):
             _write_frames(tmp_path / f"fold_{fold}" / "prompt_sensitivity" / mode / "metrics_per_frame.csv", rows[fold])
     (tmp_path / "fold_2" / "eval").mkdir(parents=True)  # a fold without the sensitivity runs is left out
 
-    assert per_dataset_means(tmp_path / "fold_0/prompt_sensitivity/own/metrics_per_frame.csv", "hd95_target") == {
-        "carotid": (15.0, 2)  # bagls' only frame has no HD95
-    }
+    means = per_dataset_means(
+        tmp_path / "fold_0/prompt_sensitivity/own/metrics_per_frame.csv", ["dice_target", "hd95_target"]
+    )
+    assert means["carotid"] == {"dice_target": (pytest.approx(0.7), 2), "hd95_target": (15.0, 2)}
+    assert means["bagls"] == {"dice_target": (0.4, 1)}  # its only frame has no HD95
     results = joint_fold_results(tmp_path)
     assert sorted(results) == [0, 1]
     assert results[0]["carotid"]["dice_target"] == pytest.approx(0.7)

@@ -115,8 +115,8 @@ def test_bundle_trains_evaluates_in_three_prompt_modes_and_infers_with_a_prompt(
         evaluate.run()
         evaluate.finalize()
         assert {p for batch in seen for p in batch} == expected
-        per_dataset = per_dataset_means(tmp_path / mode / "metrics_per_frame.csv", "dice_target")
-        dice[mode] = {name: mean for name, (mean, _) in per_dataset.items()}
+        per_dataset = per_dataset_means(tmp_path / mode / "metrics_per_frame.csv", ["dice_target"])
+        dice[mode] = {name: columns["dice_target"][0] for name, columns in per_dataset.items()}
     assert set(dice["own"]) == {"carotid", "vtus"}
     markdown, rows = sensitivity.sensitivity_table(dice)
     assert "| carotid |" in markdown and rows["vtus"]["drop_empty"] == pytest.approx(

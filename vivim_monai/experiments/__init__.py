@@ -19,6 +19,7 @@ from vivim_monai.experiments.tables import (
     comparison_markdown,
     model_stats,
     paired_difference,
+    signed_text,
     winner_sentence,
 )
 
@@ -32,9 +33,9 @@ __all__ = [
     "comparison_markdown",
     "count_parameters",
     "fold_curves",
+    "frame_dice",
     "joint_fold_results",
     "joint_report",
-    "frame_dice",
     "load_run",
     "loss_per_epoch",
     "model_parser",
@@ -43,6 +44,7 @@ __all__ = [
     "per_dataset_means",
     "predict_case",
     "read_scalars",
+    "signed_text",
     "winner_sentence",
     "write_comparison",
     "write_examples",

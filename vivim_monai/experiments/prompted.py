@@ -13,9 +13,11 @@ import math
 import os
 import statistics
 from pathlib import Path
+from typing import Sequence
 
 from vivim_monai.data.joint import dataset_of_case
-from vivim_monai.experiments.tables import FoldStat
+from vivim_monai.engines import PROMPT_MODES
+from vivim_monai.experiments.tables import FoldStat, signed_text
 
 __all__ = ["JOINT_METRICS", "joint_fold_results", "joint_report", "per_dataset_means"]
 
@@ -24,17 +26,22 @@ JOINT_METRICS = (("dice_target", "Dice"), ("jaccard_target", "Jaccard"), ("hd95_
 SENSITIVITY_DIR = "prompt_sensitivity"
 
 
-def per_dataset_means(per_frame_csv: str | os.PathLike, column: str) -> dict[str, tuple[float, int]]:
-    """Per dataset: (mean of ``column`` over its frames, number of frames with a value); NaN and empty are left out
-    (e.g. HD95 where a mask is empty)."""
-    values: dict[str, list[float]] = {}
+def per_dataset_means(
+    per_frame_csv: str | os.PathLike, columns: Sequence[str]
+) -> dict[str, dict[str, tuple[float, int]]]:
+    """Per dataset and column: (mean over its frames, number of frames with a value), from one read of the file; NaN
+    and empty cells are left out (e.g. HD95 where a mask is empty)."""
+    values: dict[str, dict[str, list[float]]] = {}
     with open(per_frame_csv, newline="") as handle:
         for row in csv.DictReader(handle):
-            text = row.get(column)
-            if text in (None, "") or math.isnan(float(text)):
-                continue
-            values.setdefault(dataset_of_case(row["case_id"]), []).append(float(text))
-    return {name: (statistics.fmean(v), len(v)) for name, v in sorted(values.items())}
+            for column in columns:
+                text = row.get(column)
+                if text not in (None, "") and not math.isnan(float(text)):
+                    values.setdefault(dataset_of_case(row["case_id"]), {}).setdefault(column, []).append(float(text))
+    return {
+        name: {column: (statistics.fmean(v), len(v)) for column, v in per_column.items()}
+        for name, per_column in sorted(values.items())
+    }
 
 
 def joint_fold_results(run_dir: str | os.PathLike) -> dict[int, dict[str, dict[str, float]]]:
@@ -43,19 +50,19 @@ def joint_fold_results(run_dir: str | os.PathLike) -> dict[int, dict[str, dict[s
     results: dict[int, dict[str, dict[str, float]]] = {}
     for fold_dir in sorted(Path(run_dir).glob("fold_*")):
         modes = fold_dir / SENSITIVITY_DIR
-        if not all((modes / mode / "metrics_per_frame.csv").is_file() for mode in ("own", "other", "empty")):
+        if not all((modes / mode / "metrics_per_frame.csv").is_file() for mode in PROMPT_MODES):
             continue
         fold = int(fold_dir.name.split("_", 1)[1])
+        columns = [column for column, _ in JOINT_METRICS]
         per_dataset: dict[str, dict[str, float]] = {}
-        for column, _ in JOINT_METRICS:
-            for name, (mean, frames) in per_dataset_means(modes / "own" / "metrics_per_frame.csv", column).items():
-                per_dataset.setdefault(name, {})[column] = mean
-                if column == "dice_target":
-                    per_dataset[name]["frames"] = frames
-        for mode in ("other", "empty"):
-            for name, (mean, _) in per_dataset_means(modes / mode / "metrics_per_frame.csv", "dice_target").items():
-                if name in per_dataset and "dice_target" in per_dataset[name]:
-                    per_dataset[name][f"drop_{mode}"] = per_dataset[name]["dice_target"] - mean
+        for name, per_column in per_dataset_means(modes / "own" / "metrics_per_frame.csv", columns).items():
+            per_dataset[name] = {column: mean for column, (mean, _) in per_column.items()}
+            if "dice_target" in per_column:
+                per_dataset[name]["frames"] = per_column["dice_target"][1]
+        for mode in PROMPT_MODES[1:]:
+            for name, per_column in per_dataset_means(modes / mode / "metrics_per_frame.csv", ["dice_target"]).items():
+                if "dice_target" in per_dataset.get(name, {}):
+                    per_dataset[name][f"drop_{mode}"] = per_dataset[name]["dice_target"] - per_column["dice_target"][0]
         results[fold] = per_dataset
     return results
 
@@ -64,11 +71,9 @@ def _stat(results: dict[int, dict[str, dict[str, float]]], dataset: str, key: st
     return FoldStat({f: r[dataset][key] for f, r in results.items() if key in r.get(dataset, {})})
 
 
-def _signed(stat: FoldStat) -> str:
-    if not stat.values:
-        return "n/a"
-    text = f"{stat.mean:+.3f}" + (f" ± {stat.sd:.3f}" if stat.n > 1 else "")
-    return f"{text} (worse in {sum(v > 0 for v in stat.values.values())}/{stat.n})"
+def _drop_text(stat: FoldStat) -> str:
+    worse = sum(v > 0 for v in stat.values.values())
+    return signed_text(stat) + (f" (worse in {worse}/{stat.n})" if stat.values else "")
 
 
 def joint_report(run_dir: str | os.PathLike) -> str:
@@ -87,7 +92,7 @@ def joint_report(run_dir: str | os.PathLike) -> str:
     ]
     for name in datasets:
         stats = [_stat(results, name, column) for column, _ in JOINT_METRICS]
-        drops = [_signed(_stat(results, name, f"drop_{mode}")) for mode in ("other", "empty")]
+        drops = [_drop_text(_stat(results, name, f"drop_{mode}")) for mode in PROMPT_MODES[1:]]
         lines.append(
             f"| {name} | {stats[0].n} | " + " | ".join(s.text() for s in stats) + f" | {drops[0]} | {drops[1]} |"
         )

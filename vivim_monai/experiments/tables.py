@@ -22,6 +22,7 @@ __all__ = [
     "fold_stat",
     "model_stats",
     "paired_difference",
+    "signed_text",
     "winner_sentence",
 ]
 
@@ -125,7 +126,8 @@ def _millions(parameters: int | None) -> str:
     return "n/a" if parameters is None else f"{parameters / 1e6:.3f}"
 
 
-def _signed(stat: FoldStat, digits: int = 3) -> str:
+def signed_text(stat: FoldStat, digits: int = 3) -> str:
+    """``+mean ± sd`` of a difference (sign always shown); one value alone; ``n/a`` without values."""
     if not stat.values:
         return "n/a"
     sd = "" if stat.n == 1 else f" ± {stat.sd:.{digits}f}"
@@ -150,7 +152,7 @@ def winner_sentence(stats: Sequence[ModelStats]) -> str:
     )
     if paired.n:
         better = sum(v > 0 for v in paired.values.values())
-        text += f"; paired per fold {_signed(paired)} ({best.name} better in {better}/{paired.n} shared folds)"
+        text += f"; paired per fold {signed_text(paired)} ({best.name} better in {better}/{paired.n} shared folds)"
     return text + "."
 
 
@@ -205,7 +207,7 @@ def comparison_markdown(stats: Sequence[ModelStats], reference: str) -> str:
         cells = [f"{reference} − {s.name}"]
         for metric in ("dice", "jaccard"):
             diff = paired_difference(by_name[reference].metrics[metric], s.metrics[metric])
-            cells.append(_signed(diff))
+            cells.append(signed_text(diff))
         diff = paired_difference(by_name[reference].metrics["dice"], s.metrics["dice"])
         cells.append(f"{sum(v > 0 for v in diff.values.values())}/{diff.n}")
         rows.append(cells)
