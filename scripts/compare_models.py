@@ -11,13 +11,13 @@ Steps: the datalist and its stratified group folds (``<output>/datalist_folds.js
 instead every video cut into N contiguous blocks, block k validating fold k and the ``--guard`` frames next to it
 never training: for one or few videos such as VTUS); for every model overlay (default :data:`DEFAULT_MODELS`: Vivim
 on pretrained EfficientNet-Lite0, the same network without its ST-Mamba layers, MONAI's FlexibleUNet on the same
-encoder, and the from-scratch per-frame UNet and Vivim-tiny) the same k-fold cross-validation through the bundle
-(``scripts/cross_validate.py``: same data, augmentation, epochs); then the comparison report
-(``vivim_monai.experiments``): tables per fold and mean ± sd, paired differences, the per-case table of the
-with-time / without-time pair, training curves and example overlays as PNG, in ``<output>/report``. A model whose
-``cv_summary.csv`` exists is not re-run and finished folds are kept (``--rerun`` repeats them); ``--final MODEL``
-also retrains MODEL on every fold (``<output>/MODEL/final``, the weights to release); ``--report-only`` just rebuilds
-the report. Nothing here is specific to one dataset.
+encoder, the same with ST-Mamba on its skip features, and the from-scratch per-frame UNet and Vivim-tiny) the same
+k-fold cross-validation through the bundle (``scripts/cross_validate.py``: same data, augmentation, epochs); then the
+comparison report (``vivim_monai.experiments``): tables per fold and mean ± sd, paired differences, the per-case
+tables of the with-time / without-time pairs, training curves and example overlays as PNG, in ``<output>/report``. A
+model whose ``cv_summary.csv`` exists is not re-run and finished folds are kept (``--rerun`` repeats them); ``--final
+MODEL`` also retrains MODEL on every fold (``<output>/MODEL/final``, the weights to release); ``--report-only`` just
+rebuilds the report. Nothing here is specific to one dataset.
 """
 
 from __future__ import annotations
@@ -40,16 +40,19 @@ from vivim_monai.data import (
 
 REPO = Path(__file__).resolve().parents[1]
 #: The comparison arms: Vivim on pretrained EfficientNet-Lite0, the same network without time, MONAI's FlexibleUNet on
-#: the same pretrained encoder (per frame), and the from-scratch references (per-frame UNet, Vivim-tiny); MediViSTA
-#: (``--models ... medivista``) is not among the defaults: its frozen encoder alone costs seconds per frame on a CPU.
+#: the same pretrained encoder (per frame) and with ST-Mamba on its skip features, and the from-scratch references
+#: (per-frame UNet, Vivim-tiny); MediViSTA (``--models ... medivista``) is not among the defaults: its frozen encoder
+#: alone costs seconds per frame on a CPU.
 DEFAULT_MODELS = (
     "vivim_lite0",
     "vivim_lite0_spatial_only",
     "flexunet_lite0",
+    "flexunet_lite0_st_mamba",
     "per_frame_unet_small",
     "vivim_tiny",
 )
-DEFAULT_PAIR = ("vivim_lite0", "vivim_lite0_spatial_only")
+#: with time, without time: the same network and encoder, differing only in the ST-Mamba layers
+DEFAULT_PAIRS = (("vivim_lite0", "vivim_lite0_spatial_only"), ("flexunet_lite0_st_mamba", "flexunet_lite0"))
 
 
 def make_folded_datalist(
@@ -96,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         nargs=2,
         action="append",
         metavar=("WITH_TIME", "WITHOUT_TIME"),
-        help="per-case paired table of two models (default: " + " vs ".join(DEFAULT_PAIR) + " when both run)",
+        help="per-case paired table of two models (default: "
+        + ", ".join(" vs ".join(pair) for pair in DEFAULT_PAIRS)
+        + ", each when both run)",
     )
     parser.add_argument("--final", nargs="+", default=[], metavar="MODEL", help="also retrain these on every fold")
     parser.add_argument("--rerun", action="store_true")
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(command, check=True)
     from vivim_monai.experiments import write_comparison
 
-    pairs = [tuple(p) for p in args.pair] if args.pair else [DEFAULT_PAIR]
+    pairs = [tuple(p) for p in args.pair] if args.pair else list(DEFAULT_PAIRS)
     report = write_comparison(output, args.models, dataset_config=Path(args.dataset_config).resolve(), case_pairs=pairs)
     print(report.read_text())
     return 0

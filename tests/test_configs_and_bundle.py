@@ -9,7 +9,7 @@ import torch
 from conftest import REPO_ROOT, SHARED_SCHEMAS
 from monai.bundle import ConfigParser, verify_metadata
 
-from vivim_monai.networks import FrameWise, MediViSTA, TextPromptedLite, Vivim
+from vivim_monai.networks import FrameWise, MediViSTA, TemporalFlexibleUNet, TextPromptedLite, Vivim
 
 OVERLAYS = sorted((REPO_ROOT / "configs").glob("*.json"))
 CONFIGS = [p for p in OVERLAYS if "network_def" in json.loads(p.read_text())]  # network overlays
@@ -42,7 +42,7 @@ def test_config_overlay_builds_its_network(path):
         assert "missing open_clip_config.json" in str(failure.value.__cause__)
         return
     net = parser.get_parsed_content("network_def")
-    assert isinstance(net, (Vivim, FrameWise, MediViSTA, TextPromptedLite))
+    assert isinstance(net, (Vivim, FrameWise, MediViSTA, TemporalFlexibleUNet, TextPromptedLite))
     if path.stem in ("vivim_tiny", "per_frame_unet", "per_frame_unet_small", "vivim_tiny_spatial_only"):
         with torch.no_grad():
             assert net.eval()(torch.zeros(1, 3, 64, 64, 2)).shape == (1, 2, 64, 64, 2), "classes follow the bundle"

@@ -1,4 +1,4 @@
-"""Vivim, its baselines and encoders, MediViSTA on LiteMedSAM, the text-prompted segmenters;
+"""Vivim, its baselines and encoders, FlexibleUNet with ST-Mamba, MediViSTA on LiteMedSAM, the text-prompted segmenters;
 ``vivim_monai.networks.<Name>`` in bundle configs.
 
 Importing this package registers EfficientNet-Lite0/1/2 as MONAI ``FlexibleUNet`` backbones
@@ -16,6 +16,7 @@ from vivim_monai.networks.nets import (
     LiteMedSAM,
     MediViSTA,
     PerFrameUNet,
+    TemporalFlexibleUNet,
     TextPromptedLite,
     Vivim,
     remap_state_dict,
@@ -31,6 +32,7 @@ __all__ = [
     "LiteMedSAM",
     "MediViSTA",
     "PerFrameUNet",
+    "TemporalFlexibleUNet",
     "TextPromptedLite",
     "VIVIM_KEY_RULES",
     "VIVIM_VARIANTS",

@@ -11,7 +11,7 @@ from vivim_monai.networks.blocks.frame_encoders import (
 )
 from vivim_monai.networks.blocks.mit import EfficientSelfAttention, MiTBlock, MixFFN, OverlapPatchEmbed
 from vivim_monai.networks.blocks.segformer_head import SegFormerHead
-from vivim_monai.networks.blocks.st_mamba import DetailSpecificFFN, STMambaLayer, TriDirectionalMamba
+from vivim_monai.networks.blocks.st_mamba import DetailSpecificFFN, STMambaLayer, STMambaStage, TriDirectionalMamba
 
 __all__ = [
     "HEAD_KEYS",
@@ -23,6 +23,7 @@ __all__ = [
     "MixFFN",
     "OverlapPatchEmbed",
     "STMambaLayer",
+    "STMambaStage",
     "SegFormerHead",
     "StageHook",
     "TriDirectionalMamba",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 import torch.nn as nn
 
-from vivim_monai.networks.blocks.st_mamba import STMambaLayer
+from vivim_monai.networks.blocks.st_mamba import STMambaLayer, STMambaStage
 from vivim_monai.networks.weights import load_state, read_state_file
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class PromptedDecoder(nn.Module):
                 raise ValueError(f"{len(token_widths)} token widths for {len(config.extract_layers)} extract layers")
             # reduces run deepest first, as the activations
             self.decoder.reduces = nn.ModuleList(nn.Linear(w, config.reduce_dim) for w in reversed(token_widths))
-        self.temporal = nn.ModuleList(
+        self.temporal = STMambaStage(
             STMambaLayer(config.reduce_dim, scan_backend=scan_backend) for _ in range(temporal_depth)
         )
 
@@ -154,11 +154,5 @@ class PromptedDecoder(nn.Module):
         side = math.isqrt(length)
         if side * side != length:
             raise ValueError(f"the decoder needs a square patch grid, got {length} tokens")
-        if len(self.temporal):
-            batch = frames // num_frames
-            tokens = patches.reshape(batch, num_frames * length, width)
-            for layer in self.temporal:
-                tokens = layer(tokens, num_frames, side, side)
-            patches = tokens.reshape(frames, length, width)
         grid = patches.transpose(1, 2).reshape(frames, width, side, side)
-        return decoder.transposed_convolution(grid)
+        return decoder.transposed_convolution(self.temporal(grid, num_frames))

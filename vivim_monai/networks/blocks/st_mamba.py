@@ -28,7 +28,7 @@ from monai.networks.layers import DropPath
 
 from vivim_monai.ops import ScanOrder, causal_conv1d, selective_scan
 
-__all__ = ["DetailSpecificFFN", "MambaDirection", "STMambaLayer", "TriDirectionalMamba"]
+__all__ = ["DetailSpecificFFN", "MambaDirection", "STMambaLayer", "STMambaStage", "TriDirectionalMamba"]
 
 #: scan direction -> the visiting order of its tokens (the public code's "", "_b", "_s" = spatial-first)
 DIRECTIONS = ("raster", "reverse", "temporal")
@@ -203,3 +203,22 @@ class STMambaLayer(nn.Module):
         """x: (B, T*h*w, C) tokens in (t, h, w) order."""
         x = x + self.drop_path(self.mamba(self.norm1(x), num_frames, height, width))
         return x + self.drop_path(self.mlp(self.norm2(x), num_frames, height, width))
+
+
+class STMambaStage(nn.ModuleList):
+    """The ST-Mamba layers of one encoder stage, applied to its frame-folded maps ``(B*T, C, h, w)``.
+
+    Each clip's maps become ``T*h*w`` tokens in (t, h, w) order, pass through the layers and are folded back; with no
+    layers the maps pass unchanged. A ``ModuleList``, so its layers' state-dict keys are ``<stage>.<layer>.*``.
+    """
+
+    def forward(self, maps: torch.Tensor, num_frames: int) -> torch.Tensor:  # type: ignore[override]
+        if not len(self):
+            return maps
+        frames, channels, height, width = maps.shape
+        if frames % num_frames:
+            raise ValueError(f"{frames} frame maps do not split into clips of {num_frames} frames")
+        tokens = maps.permute(0, 2, 3, 1).reshape(frames // num_frames, num_frames * height * width, channels)
+        for layer in self:
+            tokens = layer(tokens, num_frames, height, width)
+        return tokens.reshape(frames, height, width, channels).permute(0, 3, 1, 2).contiguous()

@@ -1,4 +1,5 @@
-"""Networks: Vivim, the per-frame baselines, EfficientNet-Lite (also a MONAI ``FlexibleUNet`` backbone), MediViSTA and
+"""Networks: Vivim, the per-frame baselines, FlexibleUNet with ST-Mamba, EfficientNet-Lite (also a MONAI
+``FlexibleUNet`` backbone), MediViSTA and
 the text-prompted segmenters."""
 
 from vivim_monai.networks.nets.biomedclip_seg import BiomedCLIPSeg
@@ -6,6 +7,7 @@ from vivim_monai.networks.nets.efficientnet_lite import EFFICIENTNET_LITE, Effic
 from vivim_monai.networks.nets.lite_medsam import LiteMedSAM
 from vivim_monai.networks.nets.medivista import MediViSTA
 from vivim_monai.networks.nets.per_frame import FrameWise, PerFrameUNet
+from vivim_monai.networks.nets.temporal_unet import TemporalFlexibleUNet
 from vivim_monai.networks.nets.text_prompted import TextPromptedLite
 from vivim_monai.networks.nets.vivim import VIVIM_KEY_RULES, VIVIM_VARIANTS, Vivim, remap_state_dict
 
@@ -18,6 +20,7 @@ __all__ = [
     "LiteMedSAM",
     "MediViSTA",
     "PerFrameUNet",
+    "TemporalFlexibleUNet",
     "TextPromptedLite",
     "VIVIM_KEY_RULES",
     "VIVIM_VARIANTS",

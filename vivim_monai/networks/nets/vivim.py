@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vivim_monai.networks.blocks import BackboneEncoder, MiTEncoder, SegFormerHead, STMambaLayer
+from vivim_monai.networks.blocks import BackboneEncoder, MiTEncoder, SegFormerHead, STMambaLayer, STMambaStage
 from vivim_monai.networks.weights import (
     LEGACY_KEY_RULES,
     checkpoint_state,
@@ -234,7 +234,7 @@ class Vivim(nn.Module):
         self.temporal = nn.ModuleList()
         for dim, count in zip(dims, mamba_depths_):
             self.temporal.append(
-                nn.ModuleList(
+                STMambaStage(
                     STMambaLayer(dim, mlp_ratio, mamba_rates[start + j], d_state, d_conv, expand, dt_init, scan_backend)
                     for j in range(count)
                 )
@@ -307,17 +307,6 @@ class Vivim(nn.Module):
         if frames < 1:
             raise ValueError("Vivim needs at least one frame (T >= 1)")
 
-    def _temporal_stage(self, index: int, maps: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """Stage ``index``'s ST-Mamba layers on its maps ``(B*T, C, h, w)``, tokens in (t, h, w) order per clip."""
-        layers = self.temporal[index]
-        if not len(layers):
-            return maps
-        frames, channels, height, width = maps.shape
-        tokens = maps.permute(0, 2, 3, 1).reshape(frames // num_frames, num_frames * height * width, channels)
-        for layer in layers:
-            tokens = layer(tokens, num_frames, height, width)
-        return tokens.reshape(frames, height, width, channels).permute(0, 3, 1, 2).contiguous()
-
     def forward(self, x: torch.Tensor, return_edge: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Segment every frame of ``x`` (B, C, H, W, T); logits (B, K, H, W, T) [and edge logits (B, 1, H, W, T)]."""
         self.check_input(x)
@@ -325,7 +314,7 @@ class Vivim(nn.Module):
             raise ValueError("return_edge=True needs a network built with edge_head=True")
         batch, _, height, width, frames = x.shape
         clip = x.permute(0, 4, 1, 2, 3).reshape(batch * frames, self.in_channels, height, width)
-        features = self.encoder(clip, lambda index, maps: self._temporal_stage(index, maps, frames))
+        features = self.encoder(clip, lambda index, maps: self.temporal[index](maps, frames))
         logits = self.out(self.head_dropout(self.decoder(features)))
         seg = self._to_clip(logits, batch, frames, (height, width))
         if not return_edge:
