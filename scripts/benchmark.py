@@ -420,7 +420,13 @@ def main() -> None:
         nargs="+",
         default=[
             os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.json")
-            for name in ("vivim_b0", "vivim_lite0", "vivim_lite0_spatial_only", "flexunet_lite0")
+            for name in (
+                "vivim_b0",
+                "vivim_lite0",
+                "vivim_lite0_spatial_only",
+                "flexunet_lite0",
+                "flexunet_lite0_st_mamba",
+            )
             + ("per_frame_unet_small", "vivim_tiny")
         ],
     )
