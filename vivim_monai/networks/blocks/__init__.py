@@ -11,7 +11,13 @@ from vivim_monai.networks.blocks.frame_encoders import (
 )
 from vivim_monai.networks.blocks.mit import EfficientSelfAttention, MiTBlock, MixFFN, OverlapPatchEmbed
 from vivim_monai.networks.blocks.segformer_head import SegFormerHead
-from vivim_monai.networks.blocks.st_mamba import DetailSpecificFFN, STMambaLayer, STMambaStage, TriDirectionalMamba
+from vivim_monai.networks.blocks.st_mamba import (
+    DetailSpecificFFN,
+    STMambaLayer,
+    STMambaStage,
+    TriDirectionalMamba,
+    st_mamba_stages,
+)
 
 __all__ = [
     "HEAD_KEYS",
@@ -30,4 +36,5 @@ __all__ = [
     "backbone_names",
     "build_backbone",
     "regroup_efficientnet_keys",
+    "st_mamba_stages",
 ]

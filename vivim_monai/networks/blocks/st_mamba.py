@@ -20,6 +20,7 @@ directions, and Mamba's dt initialisation is kept (the public code re-initialise
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -28,7 +29,14 @@ from monai.networks.layers import DropPath
 
 from vivim_monai.ops import ScanOrder, causal_conv1d, selective_scan
 
-__all__ = ["DetailSpecificFFN", "MambaDirection", "STMambaLayer", "STMambaStage", "TriDirectionalMamba"]
+__all__ = [
+    "DetailSpecificFFN",
+    "MambaDirection",
+    "STMambaLayer",
+    "STMambaStage",
+    "TriDirectionalMamba",
+    "st_mamba_stages",
+]
 
 #: scan direction -> the visiting order of its tokens (the public code's "", "_b", "_s" = spatial-first)
 DIRECTIONS = ("raster", "reverse", "temporal")
@@ -222,3 +230,29 @@ class STMambaStage(nn.ModuleList):
         for layer in self:
             tokens = layer(tokens, num_frames, height, width)
         return tokens.reshape(frames, height, width, channels).permute(0, 3, 1, 2).contiguous()
+
+
+def st_mamba_stages(
+    widths: Sequence[int],
+    depths: Sequence[int],
+    drop_path_rate: float = 0.0,
+    mlp_ratio: int = 4,
+    d_state: int = 16,
+    d_conv: int = 4,
+    expand: int = 2,
+    dt_init: str = "mamba",
+    scan_backend: str | None = None,
+) -> nn.ModuleList:
+    """One :class:`STMambaStage` per stage, ``depths[i]`` layers of width ``widths[i]``; stochastic depth linear from 0
+    to ``drop_path_rate`` over all layers of all stages."""
+    rates = torch.linspace(0, drop_path_rate, max(sum(depths), 1)).tolist()
+    stages, start = nn.ModuleList(), 0
+    for width, count in zip(widths, depths):
+        stages.append(
+            STMambaStage(
+                STMambaLayer(width, mlp_ratio, rates[start + j], d_state, d_conv, expand, dt_init, scan_backend)
+                for j in range(count)
+            )
+        )
+        start += count
+    return stages

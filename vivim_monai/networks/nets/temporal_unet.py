@@ -22,7 +22,7 @@ import torch.nn as nn
 from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
-from vivim_monai.networks.blocks import STMambaLayer, STMambaStage
+from vivim_monai.networks.blocks import st_mamba_stages
 
 __all__ = ["TemporalFlexibleUNet"]
 
@@ -81,17 +81,17 @@ class TemporalFlexibleUNet(nn.Module):
         if len(widths) < 4:
             raise ValueError(f"backbone {backbone!r} gives {len(widths)} feature maps; ST-Mamba needs four")
         self._first = len(widths) - 4
-        rates = torch.linspace(0, mamba_drop_path_rate, max(sum(depths), 1)).tolist()
-        self.temporal = nn.ModuleList()
-        start = 0
-        for width, count in zip(widths[self._first :], depths):
-            self.temporal.append(
-                STMambaStage(
-                    STMambaLayer(width, mlp_ratio, rates[start + j], d_state, d_conv, expand, dt_init, scan_backend)
-                    for j in range(count)
-                )
-            )
-            start += count
+        self.temporal = st_mamba_stages(
+            widths[self._first :],
+            depths,
+            mamba_drop_path_rate,
+            mlp_ratio,
+            d_state,
+            d_conv,
+            expand,
+            dt_init,
+            scan_backend,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:

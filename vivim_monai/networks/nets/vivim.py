@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vivim_monai.networks.blocks import BackboneEncoder, MiTEncoder, SegFormerHead, STMambaLayer, STMambaStage
+from vivim_monai.networks.blocks import BackboneEncoder, MiTEncoder, SegFormerHead, st_mamba_stages
 from vivim_monai.networks.weights import (
     LEGACY_KEY_RULES,
     checkpoint_state,
@@ -229,17 +229,17 @@ class Vivim(nn.Module):
         dims = self.encoder.out_channels
         self.embed_dims, self.mamba_depths = dims, mamba_depths_
 
-        mamba_rates = torch.linspace(0, _rate("mamba_drop_path_rate", mamba_drop_path_rate), sum(mamba_depths_) or 1)
-        mamba_rates, start = mamba_rates.tolist(), 0
-        self.temporal = nn.ModuleList()
-        for dim, count in zip(dims, mamba_depths_):
-            self.temporal.append(
-                STMambaStage(
-                    STMambaLayer(dim, mlp_ratio, mamba_rates[start + j], d_state, d_conv, expand, dt_init, scan_backend)
-                    for j in range(count)
-                )
-            )
-            start += count
+        self.temporal = st_mamba_stages(
+            dims,
+            mamba_depths_,
+            _rate("mamba_drop_path_rate", mamba_drop_path_rate),
+            mlp_ratio,
+            d_state,
+            d_conv,
+            expand,
+            dt_init,
+            scan_backend,
+        )
         self.decoder = SegFormerHead(
             dims, dec_dim, _rate("decoder_dropout", decoder_dropout), _rate("feature_dropout", feature_dropout)
         )
