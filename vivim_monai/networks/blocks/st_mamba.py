@@ -20,7 +20,7 @@ directions, and Mamba's dt initialisation is kept (the public code re-initialise
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -233,26 +233,15 @@ class STMambaStage(nn.ModuleList):
 
 
 def st_mamba_stages(
-    widths: Sequence[int],
-    depths: Sequence[int],
-    drop_path_rate: float = 0.0,
-    mlp_ratio: int = 4,
-    d_state: int = 16,
-    d_conv: int = 4,
-    expand: int = 2,
-    dt_init: str = "mamba",
-    scan_backend: str | None = None,
+    widths: Sequence[int], depths: Sequence[int], drop_path_rate: float = 0.0, **layer_options: Any
 ) -> nn.ModuleList:
     """One :class:`STMambaStage` per stage, ``depths[i]`` layers of width ``widths[i]``; stochastic depth linear from 0
-    to ``drop_path_rate`` over all layers of all stages."""
+    to ``drop_path_rate`` over all layers of all stages. ``layer_options`` go to every :class:`STMambaLayer`."""
     rates = torch.linspace(0, drop_path_rate, max(sum(depths), 1)).tolist()
     stages, start = nn.ModuleList(), 0
     for width, count in zip(widths, depths):
         stages.append(
-            STMambaStage(
-                STMambaLayer(width, mlp_ratio, rates[start + j], d_state, d_conv, expand, dt_init, scan_backend)
-                for j in range(count)
-            )
+            STMambaStage(STMambaLayer(width, drop_path=rates[start + j], **layer_options) for j in range(count))
         )
         start += count
     return stages

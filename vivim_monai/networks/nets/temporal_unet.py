@@ -85,12 +85,12 @@ class TemporalFlexibleUNet(nn.Module):
             widths[self._first :],
             depths,
             mamba_drop_path_rate,
-            mlp_ratio,
-            d_state,
-            d_conv,
-            expand,
-            dt_init,
-            scan_backend,
+            mlp_ratio=mlp_ratio,
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            dt_init=dt_init,
+            scan_backend=scan_backend,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

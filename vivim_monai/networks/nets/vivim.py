@@ -233,12 +233,12 @@ class Vivim(nn.Module):
             dims,
             mamba_depths_,
             _rate("mamba_drop_path_rate", mamba_drop_path_rate),
-            mlp_ratio,
-            d_state,
-            d_conv,
-            expand,
-            dt_init,
-            scan_backend,
+            mlp_ratio=mlp_ratio,
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            dt_init=dt_init,
+            scan_backend=scan_backend,
         )
         self.decoder = SegFormerHead(
             dims, dec_dim, _rate("decoder_dropout", decoder_dropout), _rate("feature_dropout", feature_dropout)
