@@ -17,7 +17,8 @@ comparison report (``vivim_monai.experiments``): tables per fold and mean ± sd,
 tables of the with-time / without-time pairs, training curves and example overlays as PNG, in ``<output>/report``. A
 model whose ``cv_summary.csv`` exists is not re-run and finished folds are kept (``--rerun`` repeats them); ``--final
 MODEL`` also retrains MODEL on every fold (``<output>/MODEL/final``, the weights to release); ``--report-only`` just
-rebuilds the report. Nothing here is specific to one dataset.
+rebuilds the report, also from an archive without checkpoints (``scripts/archive_results.py``; its examples then say
+which checkpoints are missing). Nothing here is specific to one dataset.
 """
 
 from __future__ import annotations

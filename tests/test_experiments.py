@@ -19,6 +19,7 @@ from vivim_monai.data import load_datalist, make_phantom_data
 from vivim_monai.experiments import (
     FoldStat,
     ModelStats,
+    archive_results,
     fold_curves,
     joint_fold_results,
     joint_report,
@@ -330,6 +331,66 @@ def test_cross_validation_timing_keeps_times_another_process_wrote(tmp_path):
     cross_validate._write_timing(tmp_path, {"train_fold_0": 1.0, "evaluate_fold_0": 3.0}, [], {})  # A again
     seconds = json.loads((tmp_path / "cv_timing.json").read_text())["seconds"]
     assert seconds == {"train_fold_0": 1.0, "train_fold_1": 2.0, "evaluate_fold_0": 3.0}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_archive_rebuilds_the_same_tables_and_curves_without_checkpoints(tmp_path, phantom):
+    """The archive holds no checkpoint, leaves the run untouched, and the report built from it alone has the same
+    tables, paired differences and curves as the one built from the full run."""
+    output = build_output(tmp_path / "run", phantom)
+    (output / "vivim_tiny" / "fold_0" / "eval" / "metrics_per_frame.csv").write_text("case_id,frame,dice\na,0,0.8\n")
+    (output / "vivim_tiny" / "fold_0" / "eval" / "prediction.nii.gz").write_bytes(b"not archived")
+    original = write_comparison(output, list(MODELS), dataset_config=phantom[1])
+    before = _files(output)
+    archive = tmp_path / "archive"
+    result = archive_results(output, archive)
+    assert _files(output) == before
+    names = {str(p.relative_to(archive)) for p in result.copied}
+    assert names == {str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file()}
+    assert "datalist_folds.json" in names and "report/comparison.csv" in names and "report/examples.png" in names
+    assert "vivim_tiny/fold_0/eval/metrics_per_frame.csv" in names
+    assert not any(name.endswith((".pt", ".nii.gz")) for name in names)
+    assert {f"{m}/fold_{k}/eval/metrics_summary.json" for m in MODELS for k in (0, 1)} <= names
+    assert {f"{m}/cv_timing.json" for m in MODELS} <= names
+    assert result.total_bytes == sum(len(_files(archive)[name]) for name in names)
+
+    rebuilt = write_comparison(archive, list(MODELS), dataset_config=phantom[1], examples=False)
+    assert (rebuilt.parent / "comparison.csv").read_text() == (original.parent / "comparison.csv").read_text()
+    for model in MODELS:
+        for fold in (0, 1):
+            first = fold_curves(output / model / f"fold_{fold}", 3)
+            second = fold_curves(archive / model / f"fold_{fold}", 3)
+            assert first == second and first.train_loss and first.val_dice  # the curves survive, not just empty
+
+
+def test_archive_filters_models_and_refuses_big_files_and_bad_places(tmp_path, phantom, monkeypatch):
+    import vivim_monai.experiments.archive as archive_module
+
+    output = build_output(tmp_path / "run", phantom, checkpoint=False)
+    only = archive_results(output, tmp_path / "one", models=["per_frame_unet_small"])
+    names = {str(p.relative_to(tmp_path / "one")) for p in only.copied}
+    assert not any(name.startswith("vivim_tiny/") for name in names)
+    assert "per_frame_unet_small/cv_timing.json" in names and "datalist_folds.json" in names
+
+    big = output / "vivim_tiny" / "fold_1" / "eval" / "metrics_per_video.csv"
+    big.write_text("x" * 20000)
+    monkeypatch.setattr(archive_module, "MAX_ARCHIVED_BYTES", 16000)
+    result = archive_results(output, tmp_path / "small")
+    assert len(result.refused) == 1 and str(big) in result.refused[0] and "20000 bytes" in result.refused[0]
+    assert not (tmp_path / "small" / "vivim_tiny" / "fold_1" / "eval" / "metrics_per_video.csv").exists()
+    script = load_script("archive_results")
+    assert script.main([str(output), str(tmp_path / "again")]) == 1  # a refused file fails the command
+
+    with pytest.raises(ValueError, match="outside the run folder"):
+        archive_results(output, output / "archive")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no evaluated fold"):
+        archive_results(tmp_path / "empty", tmp_path / "nothing")
+    with pytest.raises(SystemExit, match="empty: no evaluated fold"):
+        script.main([str(tmp_path / "empty"), str(tmp_path / "nothing")])
 
 
 def _write_frames(path: Path, rows: list[tuple[str, float, float, float]]) -> None:

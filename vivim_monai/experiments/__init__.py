@@ -4,9 +4,11 @@
 ``eval/metrics_summary.json``, TensorBoard events and ``models/model.pt``; ``cv_timing.json``) and writes
 ``<output>/report/``: ``comparison.md`` and ``comparison.csv`` (mean ± sd over folds, per-fold values, the winner on
 foreground Dice, paired per-fold differences), ``training_curves.png`` and ``examples.png``. Nothing in it is
-specific to one dataset.
+specific to one dataset. :func:`archive_results` keeps the part of such a folder the report is built from (no
+checkpoints) for the repository.
 """
 
+from vivim_monai.experiments.archive import ARCHIVED_PATTERNS, ArchiveResult, archive_results
 from vivim_monai.experiments.curves import FoldCurves, fold_curves, loss_per_epoch, read_scalars, write_training_curves
 from vivim_monai.experiments.examples import frame_dice, predict_case, write_examples
 from vivim_monai.experiments.prompted import joint_fold_results, joint_report, per_dataset_means
@@ -24,10 +26,13 @@ from vivim_monai.experiments.tables import (
 )
 
 __all__ = [
+    "ARCHIVED_PATTERNS",
+    "ArchiveResult",
     "FoldCurves",
     "FoldStat",
     "ModelRun",
     "ModelStats",
+    "archive_results",
     "build_network",
     "comparison_csv",
     "comparison_markdown",
