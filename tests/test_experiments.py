@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -391,6 +392,33 @@ def test_archive_filters_models_and_refuses_big_files_and_bad_places(tmp_path, p
         archive_results(tmp_path / "empty", tmp_path / "nothing")
     with pytest.raises(SystemExit, match="empty: no evaluated fold"):
         script.main([str(tmp_path / "empty"), str(tmp_path / "nothing")])
+
+
+ARCHIVES = REPO_ROOT / "docs" / "results"
+MODEL_CARD = REPO_ROOT / "bundle" / "docs" / "README.md"
+
+
+@pytest.mark.parametrize(
+    "archive",
+    sorted(p for p in ARCHIVES.iterdir() if (p / "report" / "comparison.csv").is_file()),
+    ids=lambda p: p.name,
+)
+def test_archived_results_rebuild_their_report_and_the_model_card_quotes_them(archive, tmp_path):
+    """Every archive under docs/results rebuilds its comparison table alone (no checkpoint, no data), and the model
+    card quotes each archived model's per-fold foreground Dice, which the archive's fold summaries hold."""
+    copy = tmp_path / archive.name
+    shutil.copytree(archive, copy)
+    with open(archive / "report" / "comparison.csv", newline="") as handle:
+        archived = list(csv.DictReader(handle))
+    models = [row["model"] for row in archived]
+    rebuilt = write_comparison(copy, models, dataset_config=None, examples=False).parent / "comparison.csv"
+    assert rebuilt.read_text() == (archive / "report" / "comparison.csv").read_text()
+    card = MODEL_CARD.read_text()
+    for model in models:
+        run = load_run(copy / model, model)
+        dice = [run.summaries[fold]["by_frame"]["dice"]["foreground_mean"] for fold in run.folds]
+        quoted = " / ".join(f"{value:.3f}" for value in dice)
+        assert quoted in card, f"the model card does not quote {model}'s per-fold Dice {quoted} ({archive.name})"
 
 
 def _write_frames(path: Path, rows: list[tuple[str, float, float, float]]) -> None:
