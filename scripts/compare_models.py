@@ -15,7 +15,7 @@ encoder, the same with ST-Mamba on its skip features, and the from-scratch per-f
 k-fold cross-validation through the bundle (``scripts/cross_validate.py``: same data, augmentation, epochs); then the
 comparison report (``vivim_monai.experiments``): tables per fold and mean ± sd, paired differences, the per-case
 tables of the with-time / without-time pairs, training curves and example overlays as PNG, in ``<output>/report``. A
-model whose ``cv_summary.csv`` exists is not re-run and finished folds are kept (``--rerun`` repeats them); ``--final
+model with every fold evaluated is not re-run and finished folds are kept (``--rerun`` repeats them); ``--final
 MODEL`` also retrains MODEL on every fold (``<output>/MODEL/final``, the weights to release); ``--report-only`` just
 rebuilds the report, also from an archive without checkpoints (``scripts/archive_results.py``; its examples then say
 which checkpoints are missing). Nothing here is specific to one dataset.
@@ -24,6 +24,7 @@ which checkpoints are missing). Nothing here is specific to one dataset.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +82,13 @@ def make_folded_datalist(
     return path
 
 
+def fully_evaluated(run: Path, datalist: Path) -> bool:
+    """Whether every fold of ``datalist`` has its evaluation in ``run``: a ``cv_summary.csv`` alone is not proof, since
+    ``cross_validate.py --folds k`` (folds run side by side) writes one over the folds it has seen."""
+    folds = {int(entry["fold"]) for entry in json.loads(datalist.read_text())["training"]}
+    return bool(folds) and all((run / f"fold_{k}" / "eval" / "metrics_summary.json").is_file() for k in folds)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="dataset folder")
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in [] if args.report_only else args.models:
         run = output / model
         final = model in args.final and not (run / "final" / "models" / "model.pt").is_file()
-        if (run / "cv_summary.csv").is_file() and not args.rerun and not final:
+        if fully_evaluated(run, datalist) and not args.rerun and not final:
             print(f"{model}: already cross-validated in {run}")
             continue
         command = [sys.executable, str(REPO / "scripts" / "cross_validate.py"), str(datalist), "--output", str(run)]

@@ -394,6 +394,18 @@ def test_archive_filters_models_and_refuses_big_files_and_bad_places(tmp_path, p
         script.main([str(tmp_path / "empty"), str(tmp_path / "nothing")])
 
 
+def test_compare_models_reruns_a_model_until_every_fold_is_evaluated(tmp_path, phantom):
+    """A cv_summary.csv written by ``cross_validate.py --folds 0`` must not make the model look finished."""
+    compare = load_script("compare_models")
+    output = build_output(tmp_path, phantom, checkpoint=False)
+    datalist, run = output / "datalist_folds.json", output / "vivim_tiny"
+    assert compare.fully_evaluated(run, datalist)
+    (run / "cv_summary.csv").write_text("metric,class,fold_0,mean,sd\n")
+    (run / "fold_1" / "eval" / "metrics_summary.json").unlink()
+    assert not compare.fully_evaluated(run, datalist)
+    assert not compare.fully_evaluated(output / "absent", datalist)
+
+
 ARCHIVES = REPO_ROOT / "docs" / "results"
 MODEL_CARD = REPO_ROOT / "bundle" / "docs" / "README.md"
 
