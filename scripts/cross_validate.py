@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vivim_monai.bundle_cli import bundle_command, find_bundle, parse_override, run_bundle
+from vivim_monai.experiments import config_record
 from vivim_monai.utils import atomic_write
 
 METRICS = ("dice", "jaccard", "precision", "recall", "specificity", "hd95")
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = dict(parse_override(text) for text in args.set)
     overlays = [str(Path(c).resolve()) for c in args.config]
     train, evaluate = ["train.json", *overlays], ["train.json", *overlays, "evaluate.json"]
+    recorded = [config_record(c) for c in overlays]  # portable: the report rebuilds on another machine
     done = _finished_seconds(output / "cv_timing.json")
     summaries, seconds = {}, dict(done)  # folds not run this time keep their wall times
     for fold in fold_ids(datalist, args.folds):
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds[f"evaluate_fold_{fold}"] = run_bundle(
                 f"evaluate fold {fold}", bundle_command(bundle, evaluate, run)
             )
-            _write_timing(output, seconds, overlays, overrides)
+            _write_timing(output, seconds, recorded, overrides)
         summaries[fold] = json.loads(summary.read_text())
     for fold in fold_ids(datalist, None):  # folds evaluated by earlier runs belong in the table too
         summary = output / f"fold_{fold}" / "eval" / "metrics_summary.json"
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.final:
         run = {**overrides, "bundle_root": str(output / "final"), "datalist": str(datalist), "fold": -1}
         seconds["train_final"] = run_bundle("final training on all folds", bundle_command(bundle, train, run))
-    _write_timing(output, seconds, overlays, overrides)
+    _write_timing(output, seconds, recorded, overrides)
     print("\n" + write_tables(summary_rows(summaries), output))
     return 0
 

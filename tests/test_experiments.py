@@ -21,6 +21,7 @@ from vivim_monai.experiments import (
     FoldStat,
     ModelStats,
     archive_results,
+    config_record,
     fold_curves,
     joint_fold_results,
     joint_report,
@@ -406,6 +407,22 @@ def test_compare_models_reruns_a_model_until_every_fold_is_evaluated(tmp_path, p
     assert not compare.fully_evaluated(output / "absent", datalist)
 
 
+def test_timing_records_repository_overlays_portably(tmp_path, monkeypatch):
+    """cv_timing.json names the repository's overlays relative to it and a user's own by absolute path; both resolve
+    from any working folder."""
+    mine = tmp_path / "mine.json"
+    mine.write_text("{}")
+    assert config_record(REPO_ROOT / "configs" / "carotid.json") == "configs/carotid.json"
+    assert config_record(mine) == str(mine.resolve())
+    run = tmp_path / "run"
+    run.mkdir()
+    timing = {"seconds": {}, "configs": [config_record(REPO_ROOT / "configs" / "carotid.json"), str(mine)]}
+    (run / "cv_timing.json").write_text(json.dumps(timing))
+    monkeypatch.chdir(tmp_path)
+    configs = [Path(c).resolve() for c in load_run(run, "anything").configs]
+    assert configs == [(REPO_ROOT / "configs" / "carotid.json").resolve(), mine.resolve()]
+
+
 ARCHIVES = REPO_ROOT / "docs" / "results"
 MODEL_CARD = REPO_ROOT / "bundle" / "docs" / "README.md"
 
@@ -425,8 +442,11 @@ def test_archived_results_rebuild_their_report_and_the_model_card_quotes_them(ar
     models = [row["model"] for row in archived]
     rebuilt = write_comparison(copy, models, dataset_config=None, examples=False).parent / "comparison.csv"
     assert rebuilt.read_text() == (archive / "report" / "comparison.csv").read_text()
+    assert "`/" not in (archive / "report" / "comparison.md").read_text(), "the report names a machine's folder"
     card = MODEL_CARD.read_text()
     for model in models:
+        recorded = json.loads((archive / model / "cv_timing.json").read_text())["configs"]
+        assert recorded and not any(Path(c).is_absolute() for c in recorded), f"{model}: {recorded} is not portable"
         run = load_run(copy / model, model)
         dice = [run.summaries[fold]["by_frame"]["dice"]["foreground_mean"] for fold in run.folds]
         quoted = " / ".join(f"{value:.3f}" for value in dice)

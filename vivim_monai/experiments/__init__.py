@@ -13,7 +13,14 @@ from vivim_monai.experiments.curves import FoldCurves, fold_curves, loss_per_epo
 from vivim_monai.experiments.examples import frame_dice, predict_case, write_examples
 from vivim_monai.experiments.prompted import joint_fold_results, joint_report, per_dataset_means
 from vivim_monai.experiments.report import write_comparison
-from vivim_monai.experiments.runs import ModelRun, build_network, count_parameters, load_run, model_parser
+from vivim_monai.experiments.runs import (
+    ModelRun,
+    build_network,
+    config_record,
+    count_parameters,
+    load_run,
+    model_parser,
+)
 from vivim_monai.experiments.tables import (
     FoldStat,
     ModelStats,
@@ -36,6 +43,7 @@ __all__ = [
     "build_network",
     "comparison_csv",
     "comparison_markdown",
+    "config_record",
     "count_parameters",
     "fold_curves",
     "frame_dice",

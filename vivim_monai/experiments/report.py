@@ -29,6 +29,12 @@ def _network_facts(run: ModelRun) -> tuple[int | None, int | None, str]:
     return parameters, epochs if isinstance(epochs, int) else None, ""
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when inside it (the report names no machine's folders), else as is."""
+    resolved = Path(path).resolve()
+    return resolved.relative_to(Path.cwd()).as_posix() if resolved.is_relative_to(Path.cwd()) else str(path)
+
+
 def _dataset_line(output: Path, dataset_config: Path | None) -> tuple[str, str]:
     datalist = output / "datalist_folds.json"
     name, folds = output.name, ""
@@ -37,8 +43,8 @@ def _dataset_line(output: Path, dataset_config: Path | None) -> tuple[str, str]:
         name = document.get("name", name)
         folds = f", {document.get('folds', {}).get('n_folds', '?')} folds" if "folds" in document else ""
         folds = f"{document.get('numTraining', '?')} cases{folds}"
-    config = f"dataset overlay `{dataset_config}`" if dataset_config is not None else ""
-    return name, ", ".join(part for part in (folds, config, f"runs in `{output}`") if part)
+    config = f"dataset overlay `{_shown(dataset_config)}`" if dataset_config is not None else ""
+    return name, ", ".join(part for part in (folds, config, f"runs in `{_shown(output)}`") if part)
 
 
 def write_comparison(

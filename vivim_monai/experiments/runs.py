@@ -13,7 +13,7 @@ from monai.bundle import ConfigParser
 
 from vivim_monai.bundle_cli import find_bundle
 
-__all__ = ["ModelRun", "build_network", "count_parameters", "load_run", "model_parser"]
+__all__ = ["ModelRun", "build_network", "config_record", "count_parameters", "load_run", "model_parser"]
 
 _FOLD = re.compile(r"fold_(\d+)$")
 
@@ -44,11 +44,20 @@ def _repo_configs() -> Path:
     return find_bundle().parent / "configs"
 
 
+def config_record(path: str | Path) -> str:
+    """How ``cv_timing.json`` records an overlay: relative to the repository (``configs/carotid.json``) when it lies
+    inside it, so the record holds on any machine and checkout; absolute otherwise (a user's own overlay)."""
+    path, root = Path(path).resolve(), _repo_configs().parent.resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
 def _resolve_config(path: str) -> str:
-    """An overlay path from ``cv_timing.json``; a moved run falls back to the repository's ``configs/<name>``."""
-    if Path(path).is_file() or not (_repo_configs() / Path(path).name).is_file():
-        return path
-    return str(_repo_configs() / Path(path).name)
+    """An overlay path from ``cv_timing.json``: a relative one is the repository's (:func:`config_record`); an
+    absolute one that no longer exists (a moved run) falls back to the repository's ``configs/<name>``."""
+    candidate = Path(path) if Path(path).is_absolute() else _repo_configs().parent / path
+    if candidate.is_file() or not (_repo_configs() / candidate.name).is_file():
+        return str(candidate)
+    return str(_repo_configs() / candidate.name)
 
 
 def load_run(path: Path, name: str, dataset_config: Path | None = None) -> ModelRun:
