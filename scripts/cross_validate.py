@@ -8,7 +8,8 @@ Each fold k trains ``bundle/configs/train.json`` with ``fold=k`` into ``<output>
 and evaluates it with ``train.json`` + ``evaluate.json`` (metrics in original frame geometry). ``--final`` then trains
 ``fold=-1`` (every case, no validation, final-epoch weights) into ``<output>/final``. The summary (per fold and
 mean ± sd over folds of the per-frame metrics, per class and foreground mean) goes to ``<output>/cv_summary.csv``,
-``<output>/cv_summary.md`` and stdout, wall times to ``<output>/cv_timing.json``. ``--config overlay.json`` merges
+``<output>/cv_summary.md`` and stdout, wall times and the overlays (the repository's relative to it) to
+``<output>/cv_timing.json``. ``--config overlay.json`` merges
 config overlays after ``train.json`` (e.g. ``configs/carotid.json``, ``configs/vivim_tiny.json``); ``--set key=value``
 passes bundle overrides to every run (JSON values).
 """
