@@ -18,7 +18,9 @@ tables of the with-time / without-time pairs, training curves and example overla
 model with every fold evaluated is not re-run and finished folds are kept (``--rerun`` repeats them); ``--final
 MODEL`` also retrains MODEL on every fold (``<output>/MODEL/final``, the weights to release); ``--report-only`` just
 rebuilds the report, also from an archive without checkpoints (``scripts/archive_results.py``; its examples then say
-which checkpoints are missing). Nothing here is specific to one dataset.
+which checkpoints are missing); ``--jobs N`` trains N folds side by side (any models; each a single-fold
+``cross_validate.py`` run logging to ``<output>/logs``, the CPU threads shared), then tabulates each model. Nothing here
+is specific to one dataset.
 """
 
 from __future__ import annotations
@@ -82,11 +84,60 @@ def make_folded_datalist(
     return path
 
 
+def datalist_folds(datalist: Path) -> list[int]:
+    return sorted({int(entry["fold"]) for entry in json.loads(datalist.read_text())["training"]})
+
+
+def evaluated_folds(run: Path, datalist: Path) -> list[int]:
+    """The folds of ``datalist`` whose evaluation ``run`` holds."""
+    return [k for k in datalist_folds(datalist) if (run / f"fold_{k}" / "eval" / "metrics_summary.json").is_file()]
+
+
 def fully_evaluated(run: Path, datalist: Path) -> bool:
     """Whether every fold of ``datalist`` has its evaluation in ``run``: a ``cv_summary.csv`` alone is not proof, since
     ``cross_validate.py --folds k`` (folds run side by side) writes one over the folds it has seen."""
-    folds = {int(entry["fold"]) for entry in json.loads(datalist.read_text())["training"]}
-    return bool(folds) and all((run / f"fold_{k}" / "eval" / "metrics_summary.json").is_file() for k in folds)
+    folds = datalist_folds(datalist)
+    return bool(folds) and evaluated_folds(run, datalist) == folds
+
+
+def cross_validate_command(
+    datalist: Path,
+    run: Path,
+    configs: list[Path],
+    overrides: list[str],
+    folds: list[int] | None = None,
+    final: bool = False,
+    rerun: bool = False,
+) -> list[str]:
+    """``scripts/cross_validate.py`` for one model: all folds (then it also tabulates them) or only ``folds``."""
+    command = [sys.executable, str(REPO / "scripts" / "cross_validate.py"), str(datalist), "--output", str(run)]
+    command += ["--folds", *map(str, folds)] if folds is not None else []
+    command += ["--final"] if final else []
+    command += ["--rerun"] if rerun else []
+    for config in configs:
+        command += ["--config", str(config)]
+    for override in overrides:
+        command += ["--set", override]
+    return command
+
+
+def run_folds_side_by_side(
+    datalist: Path, output: Path, models: list[str], dataset_config: Path, overrides: list[str], jobs: int, rerun: bool
+) -> list[str]:
+    """Train and evaluate the unfinished folds of ``models`` as single-fold runs, ``jobs`` at a time, with the CPU
+    threads shared between them (``OMP_NUM_THREADS`` unless set); each logs to ``<output>/logs/<model>_fold_<k>.log``.
+    Returns the names of the failed runs (the others are kept)."""
+    from vivim_monai.experiments.parallel import Job, run_jobs, threads_per_job
+
+    todo = []
+    for model in models:
+        run, configs = output / model, [dataset_config, REPO / "configs" / f"{model}.json"]
+        done = [] if rerun else evaluated_folds(run, datalist)
+        for fold in (k for k in datalist_folds(datalist) if k not in done):
+            command = cross_validate_command(datalist, run, configs, overrides, folds=[fold], rerun=rerun)
+            todo.append(Job(f"{model} fold {fold}", command, output / "logs" / f"{model}_fold_{fold}.log"))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads_per_job(jobs)))}
+    return [result.job.name for result in run_jobs(todo, jobs, env=env) if result.returncode != 0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--final", nargs="+", default=[], metavar="MODEL", help="also retrain these on every fold")
     parser.add_argument("--rerun", action="store_true")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="train this many folds side by side (separate processes, CPU threads shared; logs in <output>/logs)",
+    )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     output = Path(args.output).resolve()
@@ -122,28 +179,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     # MediViSTA's frozen-encoder outputs, shared by its folds and final run (content-addressed, so always valid)
     os.environ.setdefault("VIVIM_EMBEDDING_CACHE", str(output / "embedding_cache"))
+    dataset_config = Path(args.dataset_config).resolve()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs > 1 and not args.report_only:
+        failed = run_folds_side_by_side(datalist, output, args.models, dataset_config, args.set, args.jobs, args.rerun)
+        if failed:
+            print(f"failed: {', '.join(failed)} (logs in {output / 'logs'}); no report", file=sys.stderr)
+            return 1
     for model in [] if args.report_only else args.models:
-        run = output / model
+        run, configs = output / model, [dataset_config, REPO / "configs" / f"{model}.json"]
         final = model in args.final and not (run / "final" / "models" / "model.pt").is_file()
-        if fully_evaluated(run, datalist) and not args.rerun and not final:
+        if args.jobs == 1 and fully_evaluated(run, datalist) and not args.rerun and not final:
             print(f"{model}: already cross-validated in {run}")
             continue
-        command = [sys.executable, str(REPO / "scripts" / "cross_validate.py"), str(datalist), "--output", str(run)]
-        command += ["--final"] if final else []
-        command += ["--rerun"] if args.rerun else []
-        command += [
-            "--config",
-            str(Path(args.dataset_config).resolve()),
-            "--config",
-            str(REPO / "configs" / f"{model}.json"),
-        ]
-        for override in args.set:
-            command += ["--set", override]
-        subprocess.run(command, check=True)
+        rerun = args.rerun and args.jobs == 1  # side by side, the folds have just run: this tabulates (and --final)
+        subprocess.run(cross_validate_command(datalist, run, configs, args.set, final=final, rerun=rerun), check=True)
     from vivim_monai.experiments import write_comparison
 
     pairs = [tuple(p) for p in args.pair] if args.pair else list(DEFAULT_PAIRS)
-    report = write_comparison(output, args.models, dataset_config=Path(args.dataset_config).resolve(), case_pairs=pairs)
+    report = write_comparison(output, args.models, dataset_config=dataset_config, case_pairs=pairs)
     print(report.read_text())
     return 0
 

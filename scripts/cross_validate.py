@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from vivim_monai.bundle_cli import bundle_command, find_bundle, parse_override, run_bundle
 from vivim_monai.experiments import config_record
@@ -83,10 +84,13 @@ def _finished_seconds(timing: Path) -> dict[str, float]:
 
 def _write_timing(output: Path, seconds: dict[str, float], overlays: list[str], overrides: dict) -> None:
     """``cv_timing.json`` after every fold, so an interrupted run resumes at the first unfinished fold. Times another
-    process wrote meanwhile (``--folds k`` runs side by side) are kept; this run's own times win."""
-    seconds = {**_finished_seconds(output / "cv_timing.json"), **seconds}
-    timing = json.dumps({"seconds": seconds, "configs": overlays, "overrides": overrides}, indent=4) + "\n"
-    atomic_write(output / "cv_timing.json", lambda name: Path(name).write_text(timing))
+    process wrote meanwhile (``--folds k`` runs side by side) are kept, under a lock so that two folds finishing at
+    once cannot drop each other's; this run's own times win."""
+    output.mkdir(parents=True, exist_ok=True)
+    with FileLock(output / "cv_timing.json.lock"):
+        seconds = {**_finished_seconds(output / "cv_timing.json"), **seconds}
+        timing = json.dumps({"seconds": seconds, "configs": overlays, "overrides": overrides}, indent=4) + "\n"
+        atomic_write(output / "cv_timing.json", lambda name: Path(name).write_text(timing))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ from monai.bundle import ConfigParser
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
+import vivim_monai.experiments as experiments
 from vivim_monai.data import load_datalist, make_phantom_data
 from vivim_monai.experiments import (
     FoldStat,
@@ -29,11 +34,13 @@ from vivim_monai.experiments import (
     loss_per_epoch,
     model_parser,
     paired_difference,
+    parallel,
     per_dataset_means,
     predict_case,
     winner_sentence,
     write_comparison,
 )
+from vivim_monai.experiments.parallel import Job, JobResult, run_jobs, threads_per_job
 from vivim_monai.io.draw import PALETTE
 
 MODELS = ("vivim_tiny", "per_frame_unet_small")
@@ -333,6 +340,126 @@ def test_cross_validation_timing_keeps_times_another_process_wrote(tmp_path):
     cross_validate._write_timing(tmp_path, {"train_fold_0": 1.0, "evaluate_fold_0": 3.0}, [], {})  # A again
     seconds = json.loads((tmp_path / "cv_timing.json").read_text())["seconds"]
     assert seconds == {"train_fold_0": 1.0, "train_fold_1": 2.0, "evaluate_fold_0": 3.0}
+
+
+_TIMING_WRITER = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("cross_validate", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+output, name, seconds = module.Path(sys.argv[2]), sys.argv[3], {}
+(output / f"{name}.ready").touch()
+while not (output / "go").exists():  # all writers start together
+    time.sleep(0.01)
+for step in range(int(sys.argv[4])):
+    seconds[f"{name}_{step}"] = float(step)
+    module._write_timing(output, dict(seconds), [], {})
+"""
+
+
+@pytest.mark.integration
+def test_cross_validation_timing_survives_folds_finishing_at_once(tmp_path):
+    """Four processes rewriting cv_timing.json as fast as they can (folds side by side at their worst): every time
+    each of them wrote is in the final file."""
+    script = str(REPO_ROOT / "scripts" / "cross_validate.py")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _TIMING_WRITER, script, str(tmp_path), f"fold{k}", "150"], env=env)
+        for k in range(4)
+    ]
+    deadline = time.monotonic() + 300
+    while len(list(tmp_path.glob("*.ready"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    assert [writer.wait(timeout=300) for writer in writers] == [0, 0, 0, 0]
+    seconds = json.loads((tmp_path / "cv_timing.json").read_text())["seconds"]
+    assert sorted(seconds) == sorted(f"fold{k}_{step}" for k in range(4) for step in range(150))
+
+
+def test_jobs_run_side_by_side_bounded_and_logged(tmp_path):
+    """At most ``workers`` jobs at once, each job's output in its own log, a failing job leaves the others running,
+    results in the order given."""
+    code = (
+        "import os, sys, time; open(os.path.join(sys.argv[1], sys.argv[2] + '.start'), 'w').close(); "
+        "time.sleep(0.5); print('job', sys.argv[2], 'threads', os.environ.get('OMP_NUM_THREADS')); "
+        "open(os.path.join(sys.argv[1], sys.argv[2] + '.end'), 'w').close(); sys.exit(3 if sys.argv[2] == 'b' else 0)"
+    )
+    names = ["a", "b", "c", "d", "e"]
+    jobs = [
+        Job(name, [sys.executable, "-c", code, str(tmp_path), name], tmp_path / "logs" / f"{name}.log")
+        for name in names
+    ]
+    results = run_jobs(jobs, 2, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert [r.job.name for r in results] == names
+    assert [r.returncode for r in results] == [0, 3, 0, 0, 0]
+    for name in names:
+        log = (tmp_path / "logs" / f"{name}.log").read_text()
+        assert log.startswith("$ ") and f"job {name} threads 1" in log
+    starts = {n: (tmp_path / f"{n}.start").stat().st_mtime for n in names}
+    ends = {n: (tmp_path / f"{n}.end").stat().st_mtime for n in names}
+    for name in names:  # jobs running when this one started
+        running = [other for other in names if starts[other] <= starts[name] < ends[other]]
+        assert len(running) <= 2, f"{running} ran at once with 2 workers"
+    assert any(starts[n] < ends["a"] for n in names if n != "a"), "nothing ran beside the first job"
+    assert threads_per_job(2, cores=2) == 1 and threads_per_job(2, cores=16) == 8 and threads_per_job(4, cores=2) == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        run_jobs(jobs, 0)
+
+
+def test_compare_models_runs_each_unfinished_fold_once_side_by_side(tmp_path, phantom, monkeypatch):
+    """``--jobs 2``: one single-fold cross_validate run per fold not yet evaluated, with the model's overlays, the
+    overrides, its own log and the threads shared; then each model is tabulated without retraining."""
+    compare = load_script("compare_models")
+    output = build_output(tmp_path, phantom, checkpoint=False)
+    (output / "vivim_tiny" / "fold_1" / "eval" / "metrics_summary.json").unlink()
+    submitted, tabulated = [], []
+    monkeypatch.setattr(parallel, "run_jobs", lambda jobs, workers, env: submitted.append((jobs, workers, env)) or [])
+    monkeypatch.setattr(compare.subprocess, "run", lambda command, check: tabulated.append(command))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 4)
+    dataset_config = tmp_path / "dataset.json"
+    dataset_config.write_text("{}")
+    failed = compare.run_folds_side_by_side(
+        output / "datalist_folds.json", output, list(MODELS), dataset_config, ["epochs=2"], 2, rerun=False
+    )
+    assert failed == []
+    [(jobs, workers, env)] = submitted
+    assert workers == 2 and env["OMP_NUM_THREADS"] == "2"
+    assert [job.name for job in jobs] == ["vivim_tiny fold 1"]  # per_frame_unet_small and fold 0: evaluated
+    command = jobs[0].command
+    assert command[command.index("--folds") + 1 :][:1] == ["1"] and "--rerun" not in command
+    assert command[command.index("--output") + 1] == str(output / "vivim_tiny")
+    configs = [command[i + 1] for i, arg in enumerate(command) if arg == "--config"]
+    assert configs == [str(dataset_config), str(REPO_ROOT / "configs" / "vivim_tiny.json")]
+    assert command[command.index("--set") + 1] == "epochs=2"
+    assert jobs[0].log == output / "logs" / "vivim_tiny_fold_1.log"
+
+    submitted.clear()
+    compare.run_folds_side_by_side(
+        output / "datalist_folds.json", output, ["per_frame_unet_small"], dataset_config, [], 2, rerun=True
+    )
+    assert [job.name for job in submitted[0][0]] == ["per_frame_unet_small fold 0", "per_frame_unet_small fold 1"]
+    assert all("--rerun" in job.command for job in submitted[0][0])
+
+    submitted.clear()
+    monkeypatch.chdir(tmp_path)
+    argv = [str(phantom[0].parent), "--layout", "carotid", "--dataset-config", str(dataset_config)]
+    argv += ["--output", str(output), "--models", *MODELS, "--jobs", "2"]
+    monkeypatch.setattr(experiments, "write_comparison", lambda *a, **k: _fake_report(output))
+    assert compare.main(argv) == 0
+    assert len(submitted) == 1 and [job.name for job in submitted[0][0]] == ["vivim_tiny fold 1"]
+    assert [cmd[cmd.index("--output") + 1] for cmd in tabulated] == [str(output / m) for m in MODELS]
+    assert not any("--folds" in cmd or "--rerun" in cmd for cmd in tabulated)  # tabulate: all folds, no retraining
+
+    monkeypatch.setattr(parallel, "run_jobs", lambda jobs, workers, env: [JobResult(jobs[0], 1, 1.0)])
+    assert compare.main(argv) == 1  # a failed fold: no report
+
+
+def _fake_report(output: Path) -> Path:
+    path = output / "report" / "comparison.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("report")
+    return path
 
 
 def _files(root: Path) -> dict[str, bytes]:
