@@ -23,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 import vivim_monai.experiments as experiments
 from vivim_monai.data import load_datalist, make_phantom_data
 from vivim_monai.experiments import (
+    FoldCurves,
     FoldStat,
     ModelStats,
     archive_results,
@@ -39,6 +40,7 @@ from vivim_monai.experiments import (
     predict_case,
     winner_sentence,
     write_comparison,
+    write_training_curves,
 )
 from vivim_monai.experiments.parallel import Job, JobResult, run_jobs, threads_per_job
 from vivim_monai.io.draw import PALETTE
@@ -238,6 +240,21 @@ def test_training_curves_png(report):
     colours = {tuple(c) for c in panels.reshape(-1, 3)}
     assert PALETTE[0] in colours and PALETTE[1] in colours, "a bold line per model in the panels"
     assert "![training curves](training_curves.png)" in report.read_text()
+
+
+def test_training_curves_share_the_epoch_axis_when_validation_runs_once(tmp_path):
+    """A model validated only after its last epoch (val_interval = epochs): its validation points sit at the right
+    end of the left panel, level with the end of the loss curves, not alone at its left edge."""
+    losses = [(epoch, 1.0 / epoch) for epoch in range(1, 13)]
+    curves = {"m": {k: FoldCurves(val_dice=[(12, 0.8 + 0.05 * k)], train_loss=losses) for k in range(2)}}
+    pixels = np.asarray(Image.open(write_training_curves(tmp_path / "curves.png", curves)).convert("RGB"))
+    panel_width = pixels.shape[1] // 2
+    _, columns = np.nonzero(np.all(pixels[40:480, :panel_width] == PALETTE[0], axis=-1))
+    assert columns.size, "the mean validation point is drawn"
+    plot_left, plot_right = 70, panel_width - 12  # the plot box of draw_panel
+    assert columns.min() > plot_left + 0.9 * (plot_right - plot_left), f"validation drawn at x {columns.min()}"
+    _, loss_columns = np.nonzero(np.all(pixels[40:480, panel_width:] == PALETTE[0], axis=-1))
+    assert loss_columns.max() > plot_left + 0.9 * (plot_right - plot_left) and loss_columns.min() < 0.3 * panel_width
 
 
 def test_fold_curves_per_epoch(report):

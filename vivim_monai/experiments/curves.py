@@ -87,10 +87,13 @@ def _count(number: int, noun: str) -> str:
 
 def write_training_curves(path: Path, curves: Mapping[str, Mapping[int, FoldCurves]], title: str = "") -> Path:
     """Two panels (validation mean Dice, training loss per epoch): per model the mean over folds (bold) and each
-    fold (faint), with a legend. Written atomically; returns ``path``."""
+    fold (faint), with a legend. Both panels span epoch 0 to the last epoch of either, so a validation run only after
+    the last epoch sits at the end of the loss curves. Written atomically; returns ``path``."""
     panel_w, panel_h, head = 620, 440, 40
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(curves)}
     legend_rows = 1 + len(curves) // 4
+    epochs = [e for folds in curves.values() for f in folds.values() for e, _ in f.val_dice + f.train_loss]
+    span = (0, max(epochs)) if epochs else None
     image = Image.new("RGB", (2 * panel_w, head + panel_h + 24 * legend_rows + 24), "white")
     heading = title or "Training curves: bold = mean over folds, faint = single folds"
     ImageDraw.Draw(image).text((16, 10), heading, fill="black", font=font(16))
@@ -108,7 +111,7 @@ def write_training_curves(path: Path, curves: Mapping[str, Mapping[int, FoldCurv
             mean = mean_curve([getattr(fold, attribute) for fold in folds.values()])
             series.append(Series(list(map(tuple, mean)), colours[name], 3))
         box = (index * panel_w, head, (index + 1) * panel_w, head + panel_h)
-        draw_panel(image, box, series, panel_title, "epoch", ylabel)
+        draw_panel(image, box, series, panel_title, "epoch", ylabel, x_span=span)
     legend = [(f"{name} ({_count(len(folds), 'fold')})", colours[name]) for name, folds in curves.items()]
     draw_legend(image, (80, head + panel_h + 8), legend, 2 * panel_w - 100)
     return atomic_write(path, image.save)

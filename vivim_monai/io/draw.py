@@ -85,8 +85,10 @@ def draw_panel(
     xlabel: str,
     ylabel: str,
     integer_x: bool = True,
+    x_span: tuple[float, float] | None = None,
 ) -> None:
-    """Draw a line chart with title, grid, ticks and axis labels into ``box`` (left, top, right, bottom)."""
+    """Draw a line chart with title, grid, ticks and axis labels into ``box`` (left, top, right, bottom); the x axis
+    covers at least ``x_span`` (so panels side by side can share it)."""
     draw = ImageDraw.Draw(image)
     small, bold = font(13), font(15)
     left, top, right, bottom = box
@@ -97,7 +99,7 @@ def draw_panel(
     if not points:
         draw.text((plot[0] + 10, plot[1] + 10), "no data", fill="grey", font=small)
         return
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    xs, ys = [p[0] for p in points] + list(x_span or ()), [p[1] for p in points]
     xticks = nice_ticks(min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1, 6)
     if integer_x:
         xticks = sorted({int(round(t)) for t in xticks if abs(t - round(t)) < 1e-9}) or [int(min(xs))]
