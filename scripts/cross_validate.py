@@ -11,7 +11,10 @@ mean ± sd over folds of the per-frame metrics, per class and foreground mean) g
 ``<output>/cv_summary.md`` and stdout, wall times and the overlays (the repository's relative to it) to
 ``<output>/cv_timing.json``. ``--config overlay.json`` merges
 config overlays after ``train.json`` (e.g. ``configs/carotid.json``, ``configs/vivim_tiny.json``); ``--set key=value``
-passes bundle overrides to every run (JSON values).
+passes bundle overrides to every run (JSON values). A fold already evaluated is kept; a fold whose training was
+killed resumes at its last finished epoch (the rolling ``models/checkpoint_epoch=N.pt`` restores network, optimizer,
+scheduler, trainer and random states, so it ends as an uninterrupted run would; its recorded training time is that of
+the resumed part); ``--rerun`` repeats folds afresh.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import argparse
 import csv
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from filelock import FileLock
 
 from vivim_monai.bundle_cli import bundle_command, find_bundle, parse_override, run_bundle
@@ -42,6 +47,28 @@ def fold_ids(datalist: Path, requested: list[int] | None) -> list[int]:
     if missing:
         raise SystemExit(f"{datalist}: no fold {missing} (folds: {folds})")
     return requested or folds
+
+
+def resumable_state(fold_root: Path) -> Path | None:
+    """The newest rolling training state (``models/checkpoint_epoch=N.pt``) of a fold whose training stopped before
+    its last epoch (a killed run), to resume from; None when there is none or that training had finished (resuming a
+    finished ignite run would start it again on top of the trained weights, so such a fold trains afresh)."""
+    states = []
+    for path in (fold_root / "models").glob("checkpoint_epoch=*.pt"):
+        match = re.fullmatch(r"checkpoint_epoch=(\d+)\.pt", path.name)
+        if match:
+            states.append((int(match.group(1)), path))
+    if not states:
+        return None
+    path = max(states)[1]
+    try:
+        trainer = torch.load(path, map_location="cpu", weights_only=True)["trainer"]
+        epoch = int(trainer["iteration"]) // int(trainer["epoch_length"])
+        finished = epoch >= int(trainer["max_epochs"])
+    except Exception as error:  # an unreadable state is not worth failing the fold over: train it afresh
+        print(f"{path}: not a readable training state ({error}); the fold trains afresh", file=sys.stderr)
+        return None
+    return None if finished else path
 
 
 def summary_rows(summaries: dict[int, dict]) -> list[dict[str, str]]:
@@ -119,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         if summary.is_file() and f"evaluate_fold_{fold}" in done and not args.rerun:
             print(f"fold {fold}: already evaluated in {summary.parent} (--rerun repeats it)")
         else:
-            seconds[f"train_fold_{fold}"] = run_bundle(f"train fold {fold}", bundle_command(bundle, train, run))
+            state = None if args.rerun else resumable_state(output / f"fold_{fold}")
+            if state is not None:
+                print(f"fold {fold}: resuming the interrupted training from {state} (--rerun starts it afresh)")
+            resumed = {**run, "resume_checkpoint": str(state)} if state is not None else run
+            seconds[f"train_fold_{fold}"] = run_bundle(f"train fold {fold}", bundle_command(bundle, train, resumed))
             seconds[f"evaluate_fold_{fold}"] = run_bundle(
                 f"evaluate fold {fold}", bundle_command(bundle, evaluate, run)
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -171,6 +172,42 @@ def test_paper_recipe_overlay_trains_the_edge_head(tmp_path):
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["weight_decay"] == 0.0
     assert any(not torch.equal(b, p) for b, p in zip(before, network.edge_head.parameters())), "edge head learns"
     workflow.finalize()
+
+
+@pytest.mark.slow
+def test_cross_validation_resumes_a_killed_fold_and_retrains_a_finished_unevaluated_one(tmp_path):
+    """A fold whose training stopped after epoch 1 of 2 (its rolling state says so) resumes at epoch 2; a fold whose
+    training had finished but was never evaluated trains afresh rather than resuming a finished run."""
+    datalist = make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
+    output = tmp_path / "cv"
+    command = [sys.executable, "scripts/cross_validate.py", str(datalist), "--output", str(output)]
+    overrides = ["spatial_size=[64,64]", "max_numerosity=1"]
+    overrides += [f"{key}={json.dumps(value)}" for key, value in TINY_NETWORK.items()]
+    command += [arg for o in overrides for arg in ("--set", o)]
+
+    def run(*extra: str) -> str:
+        result = subprocess.run([*command, *extra], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout + result.stderr
+
+    run("--set", "epochs=1")  # both folds trained one epoch and evaluated
+    state_path = output / "fold_0" / "models" / "checkpoint_epoch=1.pt"
+    state = torch.load(state_path, weights_only=True)
+    assert state["trainer"]["max_epochs"] == 1
+    state["trainer"]["max_epochs"] = 2  # fold 0 now looks like a 2-epoch run killed after its first epoch
+    torch.save(state, state_path)
+    for fold in (0, 1):  # neither is evaluated any more
+        (output / f"fold_{fold}" / "eval" / "metrics_summary.json").unlink()
+    printed = run("--set", "epochs=2", "--folds", "0")
+    assert f"fold 0: resuming the interrupted training from {state_path}" in printed
+    trainer_epochs = re.findall(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete", printed)
+    assert trainer_epochs == ["2"], f"resumed at epoch 2 only, trained {trainer_epochs}"
+    assert (output / "fold_0" / "models" / "checkpoint_epoch=2.pt").is_file()
+    assert (output / "fold_0" / "eval" / "metrics_summary.json").is_file()
+
+    printed = run("--set", "epochs=1", "--folds", "1")  # fold 1's state is at its last epoch: train afresh
+    assert "resuming the interrupted training" not in printed
+    assert re.findall(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete", printed) == ["1"]
 
 
 @pytest.mark.slow
