@@ -15,12 +15,12 @@ encoder, the same with ST-Mamba on its skip features, and the from-scratch per-f
 k-fold cross-validation through the bundle (``scripts/cross_validate.py``: same data, augmentation, epochs); then the
 comparison report (``vivim_monai.experiments``): tables per fold and mean ± sd, paired differences, the per-case
 tables of the with-time / without-time pairs, training curves and example overlays as PNG, in ``<output>/report``. A
-model with every fold evaluated is not re-run and finished folds are kept (``--rerun`` repeats them); ``--final
-MODEL`` also retrains MODEL on every fold (``<output>/MODEL/final``, the weights to release); ``--report-only`` just
-rebuilds the report, also from an archive without checkpoints (``scripts/archive_results.py``; its examples then say
-which checkpoints are missing); ``--jobs N`` trains N folds side by side (any models; each a single-fold
-``cross_validate.py`` run logging to ``<output>/logs``, the CPU threads shared), then tabulates each model. Nothing here
-is specific to one dataset.
+model with every fold evaluated is not re-run, finished folds are kept and a killed fold resumes at its last finished
+epoch (``--rerun`` repeats them afresh); ``--final MODEL`` also retrains MODEL on every fold (``<output>/MODEL/final``,
+the weights to release); ``--report-only`` just rebuilds the report, also from an archive without checkpoints
+(``scripts/archive_results.py``; its examples then say which checkpoints are missing); ``--jobs N`` trains N folds
+side by side (any models; each a single-fold ``cross_validate.py`` run logging to ``<output>/logs``, the CPU threads
+shared), then tabulates each model. Nothing here is specific to one dataset.
 """
 
 from __future__ import annotations
