@@ -122,7 +122,14 @@ def cross_validate_command(
 
 
 def run_folds_side_by_side(
-    datalist: Path, output: Path, models: list[str], dataset_config: Path, overrides: list[str], jobs: int, rerun: bool
+    datalist: Path,
+    output: Path,
+    models: list[str],
+    dataset_config: Path,
+    overrides: list[str],
+    jobs: int,
+    rerun: bool,
+    env: dict[str, str] | None = None,
 ) -> list[str]:
     """Train and evaluate the unfinished folds of ``models`` as single-fold runs, ``jobs`` at a time, with the CPU
     threads shared between them (``OMP_NUM_THREADS`` unless set); each logs to ``<output>/logs/<model>_fold_<k>.log``.
@@ -136,7 +143,8 @@ def run_folds_side_by_side(
         for fold in (k for k in datalist_folds(datalist) if k not in done):
             command = cross_validate_command(datalist, run, configs, overrides, folds=[fold], rerun=rerun)
             todo.append(Job(f"{model} fold {fold}", command, output / "logs" / f"{model}_fold_{fold}.log"))
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads_per_job(jobs)))}
+    env = dict(os.environ if env is None else env)
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_job(jobs)))
     return [result.job.name for result in run_jobs(todo, jobs, env=env) if result.returncode != 0]
 
 
@@ -178,12 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.data).resolve(), args.layout, output, args.folds, args.attribute, args.temporal_blocks, args.guard
     )
     # MediViSTA's frozen-encoder outputs, shared by its folds and final run (content-addressed, so always valid)
-    os.environ.setdefault("VIVIM_EMBEDDING_CACHE", str(output / "embedding_cache"))
+    env = {"VIVIM_EMBEDDING_CACHE": str(output / "embedding_cache"), **os.environ}  # for the runs, not this process
     dataset_config = Path(args.dataset_config).resolve()
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.jobs > 1 and not args.report_only:
-        failed = run_folds_side_by_side(datalist, output, args.models, dataset_config, args.set, args.jobs, args.rerun)
+        failed = run_folds_side_by_side(
+            datalist, output, args.models, dataset_config, args.set, args.jobs, args.rerun, env=env
+        )
         if failed:
             print(f"failed: {', '.join(failed)} (logs in {output / 'logs'}); no report", file=sys.stderr)
             return 1
@@ -194,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model}: already cross-validated in {run}")
             continue
         rerun = args.rerun and args.jobs == 1  # side by side, the folds have just run: this tabulates (and --final)
-        subprocess.run(cross_validate_command(datalist, run, configs, args.set, final=final, rerun=rerun), check=True)
+        command = cross_validate_command(datalist, run, configs, args.set, final=final, rerun=rerun)
+        subprocess.run(command, check=True, env=env)
     from vivim_monai.experiments import write_comparison
 
     pairs = [tuple(p) for p in args.pair] if args.pair else list(DEFAULT_PAIRS)

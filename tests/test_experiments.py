@@ -431,7 +431,8 @@ def test_compare_models_runs_each_unfinished_fold_once_side_by_side(tmp_path, ph
     (output / "vivim_tiny" / "fold_1" / "eval" / "metrics_summary.json").unlink()
     submitted, tabulated = [], []
     monkeypatch.setattr(parallel, "run_jobs", lambda jobs, workers, env: submitted.append((jobs, workers, env)) or [])
-    monkeypatch.setattr(compare.subprocess, "run", lambda command, check: tabulated.append(command))
+    monkeypatch.setattr(compare.subprocess, "run", lambda command, check, env: tabulated.append((command, env)))
+    monkeypatch.delenv("VIVIM_EMBEDDING_CACHE", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: 4)
     dataset_config = tmp_path / "dataset.json"
@@ -465,8 +466,13 @@ def test_compare_models_runs_each_unfinished_fold_once_side_by_side(tmp_path, ph
     monkeypatch.setattr(experiments, "write_comparison", lambda *a, **k: _fake_report(output))
     assert compare.main(argv) == 0
     assert len(submitted) == 1 and [job.name for job in submitted[0][0]] == ["vivim_tiny fold 1"]
-    assert [cmd[cmd.index("--output") + 1] for cmd in tabulated] == [str(output / m) for m in MODELS]
-    assert not any("--folds" in cmd or "--rerun" in cmd for cmd in tabulated)  # tabulate: all folds, no retraining
+    assert [cmd[cmd.index("--output") + 1] for cmd, _ in tabulated] == [str(output / m) for m in MODELS]
+    assert not any("--folds" in cmd or "--rerun" in cmd for cmd, _ in tabulated)  # tabulate: all folds, no retraining
+    cache = str(output / "embedding_cache")  # MediViSTA's shared cache, given to the runs only
+    assert submitted[0][2]["VIVIM_EMBEDDING_CACHE"] == cache and all(
+        env["VIVIM_EMBEDDING_CACHE"] == cache for _, env in tabulated
+    )
+    assert "VIVIM_EMBEDDING_CACHE" not in os.environ, "the comparison must not change its own process's environment"
 
     monkeypatch.setattr(parallel, "run_jobs", lambda jobs, workers, env: [JobResult(jobs[0], 1, 1.0)])
     assert compare.main(argv) == 1  # a failed fold: no report
