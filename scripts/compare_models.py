@@ -26,17 +26,18 @@ shared), then tabulates each model. Nothing here is specific to one dataset.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from vivim_monai.data import (
     LAYOUT_CLASSES,
     LAYOUTS,
     assign_folds,
     assign_temporal_blocks,
+    datalist_folds,
     discover_cases,
     temporal_block_report,
     write_datalist,
@@ -84,20 +85,15 @@ def make_folded_datalist(
     return path
 
 
-def datalist_folds(datalist: Path) -> list[int]:
-    return sorted({int(entry["fold"]) for entry in json.loads(datalist.read_text())["training"]})
+def evaluated_folds(run: Path, folds: Sequence[int]) -> list[int]:
+    """Those of ``folds`` whose evaluation ``run`` holds."""
+    return [k for k in folds if (run / f"fold_{k}" / "eval" / "metrics_summary.json").is_file()]
 
 
-def evaluated_folds(run: Path, datalist: Path) -> list[int]:
-    """The folds of ``datalist`` whose evaluation ``run`` holds."""
-    return [k for k in datalist_folds(datalist) if (run / f"fold_{k}" / "eval" / "metrics_summary.json").is_file()]
-
-
-def fully_evaluated(run: Path, datalist: Path) -> bool:
-    """Whether every fold of ``datalist`` has its evaluation in ``run``: a ``cv_summary.csv`` alone is not proof, since
-    ``cross_validate.py --folds k`` (folds run side by side) writes one over the folds it has seen."""
-    folds = datalist_folds(datalist)
-    return bool(folds) and evaluated_folds(run, datalist) == folds
+def fully_evaluated(run: Path, folds: Sequence[int]) -> bool:
+    """Whether every one of ``folds`` (a datalist's) has its evaluation in ``run``: a ``cv_summary.csv`` alone is not
+    proof, since ``cross_validate.py --folds k`` (folds run side by side) writes one over the folds it has seen."""
+    return bool(folds) and evaluated_folds(run, folds) == list(folds)
 
 
 def cross_validate_command(
@@ -136,11 +132,11 @@ def run_folds_side_by_side(
     Returns the names of the failed runs (the others are kept)."""
     from vivim_monai.experiments.parallel import Job, run_jobs, threads_per_job
 
-    todo = []
+    todo, folds = [], datalist_folds(datalist)
     for model in models:
         run, configs = output / model, [dataset_config, REPO / "configs" / f"{model}.json"]
-        done = [] if rerun else evaluated_folds(run, datalist)
-        for fold in (k for k in datalist_folds(datalist) if k not in done):
+        done = [] if rerun else evaluated_folds(run, folds)
+        for fold in (k for k in folds if k not in done):
             command = cross_validate_command(datalist, run, configs, overrides, folds=[fold], rerun=rerun)
             todo.append(Job(f"{model} fold {fold}", command, output / "logs" / f"{model}_fold_{fold}.log"))
     env = dict(os.environ if env is None else env)
@@ -197,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         if failed:
             print(f"failed: {', '.join(failed)} (logs in {output / 'logs'}); no report", file=sys.stderr)
             return 1
+    folds = [] if args.report_only else datalist_folds(datalist)
     for model in [] if args.report_only else args.models:
         run, configs = output / model, [dataset_config, REPO / "configs" / f"{model}.json"]
         final = model in args.final and not (run / "final" / "models" / "model.pt").is_file()
-        if args.jobs == 1 and fully_evaluated(run, datalist) and not args.rerun and not final:
+        if args.jobs == 1 and fully_evaluated(run, folds) and not args.rerun and not final:
             print(f"{model}: already cross-validated in {run}")
             continue
         rerun = args.rerun and args.jobs == 1  # side by side, the folds have just run: this tabulates (and --final)

@@ -32,6 +32,7 @@ import torch
 from filelock import FileLock
 
 from vivim_monai.bundle_cli import bundle_command, find_bundle, parse_override, run_bundle
+from vivim_monai.data import datalist_folds
 from vivim_monai.experiments import config_record
 from vivim_monai.utils import atomic_write
 
@@ -39,10 +40,11 @@ METRICS = ("dice", "jaccard", "precision", "recall", "specificity", "hd95")
 
 
 def fold_ids(datalist: Path, requested: list[int] | None) -> list[int]:
-    entries = json.loads(datalist.read_text())["training"]
-    if any("fold" not in entry for entry in entries):
-        raise SystemExit(f"{datalist}: entries have no 'fold'; run scripts/make_folds.py first")
-    folds = sorted({int(entry["fold"]) for entry in entries})
+    """``requested`` (default: every fold of ``datalist``), checked against the datalist's folds."""
+    try:
+        folds = datalist_folds(datalist)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     missing = sorted(set(requested or []) - set(folds))
     if missing:
         raise SystemExit(f"{datalist}: no fold {missing} (folds: {folds})")
@@ -62,7 +64,7 @@ def resumable_state(fold_root: Path) -> Path | None:
         return None
     path = max(states)[1]
     try:
-        trainer = torch.load(path, map_location="cpu", weights_only=True)["trainer"]
+        trainer = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["trainer"]  # reads no weights
         epoch = int(trainer["iteration"]) // int(trainer["epoch_length"])
         finished = epoch >= int(trainer["max_epochs"])
     except Exception as error:  # an unreadable state is not worth failing the fold over: train it afresh

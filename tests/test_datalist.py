@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from PIL import Image
 from vivim_monai.data import (
     CineReadError,
     assign_folds,
+    datalist_folds,
     discover_cases,
     load_datalist,
     write_datalist,
@@ -176,6 +178,9 @@ def test_scripts_write_datalist_and_folds_and_load_by_fold(tmp_path):
     assert failed.returncode == 2 and "n_folds must be in 2..6" in failed.stderr
     with pytest.raises(ValueError, match="has no 'fold'"):
         load_datalist(datalist, fold=0, split="val")
+    assert datalist_folds(with_folds) == [0, 1, 2]
+    with pytest.raises(ValueError, match=re.escape(f"{datalist}: entry case0.dcm has no 'fold'")):
+        datalist_folds(datalist)
 
 
 @pytest.mark.slow

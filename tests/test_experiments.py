@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 import vivim_monai.experiments as experiments
-from vivim_monai.data import load_datalist, make_phantom_data
+from vivim_monai.data import datalist_folds, load_datalist, make_phantom_data
 from vivim_monai.experiments import (
     FoldCurves,
     FoldStat,
@@ -549,12 +549,12 @@ def test_compare_models_reruns_a_model_until_every_fold_is_evaluated(tmp_path, p
     """A cv_summary.csv written by ``cross_validate.py --folds 0`` must not make the model look finished."""
     compare = load_script("compare_models")
     output = build_output(tmp_path, phantom, checkpoint=False)
-    datalist, run = output / "datalist_folds.json", output / "vivim_tiny"
-    assert compare.fully_evaluated(run, datalist)
+    folds, run = datalist_folds(output / "datalist_folds.json"), output / "vivim_tiny"
+    assert folds == [0, 1] and compare.fully_evaluated(run, folds)
     (run / "cv_summary.csv").write_text("metric,class,fold_0,mean,sd\n")
     (run / "fold_1" / "eval" / "metrics_summary.json").unlink()
-    assert not compare.fully_evaluated(run, datalist)
-    assert not compare.fully_evaluated(output / "absent", datalist)
+    assert not compare.fully_evaluated(run, folds) and compare.evaluated_folds(run, folds) == [0]
+    assert not compare.fully_evaluated(output / "absent", folds) and not compare.fully_evaluated(run, [])
 
 
 def test_timing_records_repository_overlays_portably(tmp_path, monkeypatch):

@@ -2,7 +2,14 @@
 
 from vivim_monai.data.cine import FRAME_SUFFIXES, VOLUME_SUFFIXES, frame_files, load_cine, natural_key, read_frame_image
 from vivim_monai.data.clips import CLIP_MODES, ClipDataset, ClipSampler, select_frames
-from vivim_monai.data.datalist import LAYOUT_CLASSES, LAYOUTS, discover_cases, load_datalist, write_datalist
+from vivim_monai.data.datalist import (
+    LAYOUT_CLASSES,
+    LAYOUTS,
+    datalist_folds,
+    discover_cases,
+    load_datalist,
+    write_datalist,
+)
 from vivim_monai.data.dicom import (
     DEFAULT_FRAME_TIME_MS,
     CineReadError,
@@ -30,6 +37,7 @@ __all__ = [
     "assign_folds",
     "assign_temporal_blocks",
     "class_masks_to_index",
+    "datalist_folds",
     "discover_cases",
     "frame_files",
     "load_datalist",

@@ -45,6 +45,7 @@ __all__ = [
     "LAYOUTS",
     "LAYOUT_CLASSES",
     "PATH_KEYS",
+    "datalist_folds",
     "discover_cases",
     "load_datalist",
     "slice_frames",
@@ -389,3 +390,13 @@ def load_datalist(
                 entry = _guard_trimmed(entry, fold)
         entries.append({k: _absolute(v, base) if k in path_keys and v is not None else v for k, v in entry.items()})
     return entries
+
+
+def datalist_folds(path: str | os.PathLike) -> list[int]:
+    """The sorted fold ids of a datalist whose entries carry ``fold`` (``scripts/make_folds.py``,
+    ``scripts/compare_models.py``); ValueError naming the file and the entry when one has none."""
+    entries = load_datalist(path)
+    unfolded = [entry.get("case_id") for entry in entries if "fold" not in entry]
+    if unfolded:
+        raise ValueError(f"{path}: entry {unfolded[0]} has no 'fold'; run scripts/make_folds.py first")
+    return sorted({int(entry["fold"]) for entry in entries})
