@@ -42,6 +42,7 @@ from vivim_monai.experiments import (
     write_comparison,
     write_training_curves,
 )
+from vivim_monai.experiments.cases import jaccard_empty_as_one
 from vivim_monai.experiments.parallel import Job, JobResult, run_jobs, threads_per_job
 from vivim_monai.io.draw import PALETTE
 
@@ -184,7 +185,8 @@ def test_table_numbers_are_fold_means_and_sds(report):
     assert "12.5 ± 3.5" in text and "6.0 ± 1.4" in text, "training minutes per fold"
     assert "4.000 (1/2 folds)" in text and "HD95 (mm)" in text
     unet_row = next(line for line in text.splitlines() if line.startswith("| per_frame_unet_small | "))
-    assert unet_row.count("n/a") == 2 and "per_frame_unet_small: frame_order unknown" in text, "temporal skipped"
+    assert unet_row.count("n/a") == 3 and "per_frame_unet_small: frame_order unknown" in text, "temporal skipped"
+    assert "| Jaccard, both empty = 1 |" in text and rows["vivim_tiny"]["jaccard_empty_as_one_n"] == "0", "no frames"
     assert "| vivim_tiny | 0.800 / 0.700 | 0.900 / 0.820 |" in text, "per-fold table"
 
 
@@ -347,6 +349,26 @@ def test_paired_cases_table_counts_frames_better_tied_worse(tmp_path):
     assert "| 0 | a | 3 | 0.800 | 0.833 | -0.033 | 1 / 1 / 1 |" in text
     assert "| 0 | b | 2 | 0.500 | 0.500 | +0.000 | 0 / 0 / 1 |" in text  # the NaN frame counts nowhere
     assert "All frames: with better in 1, tied (±0.005) in 1, worse in 2." in text
+
+
+def test_jaccard_counting_frames_empty_in_both_as_one(tmp_path, phantom):
+    """Frames where a class is absent from both masks (NaN Jaccard) count 1 in this column and nowhere in Jaccard."""
+    output = build_output(tmp_path, phantom, checkpoint=False)
+    # fold 0 of vivim_tiny, two foreground classes: frame means (0.5 + 1) / 2, (1 + 1) / 2, (0.2 + 0.4) / 2
+    rows = [("a", 0, 0.5, "nan"), ("a", 1, "nan", "nan"), ("b", 0, 0.2, 0.4)]
+    with open(output / "vivim_tiny" / "fold_0" / "eval" / "metrics_per_frame.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case_id", "frame", "jaccard_background", "jaccard_glottis", "jaccard_vocal_fold"])
+        writer.writerows([case, frame, 0.99, first, second] for case, frame, first, second in rows)
+    expected = (0.75 + 1.0 + 0.3) / 3
+    run = load_run(output / "vivim_tiny", "vivim_tiny")
+    assert jaccard_empty_as_one(run) == {0: pytest.approx(expected)}, "fold 1 has no per-frame table"
+    report = write_comparison(output, list(MODELS), examples=False)
+    table = read_rows(report)
+    assert float(table["vivim_tiny"]["jaccard_empty_as_one_mean"]) == pytest.approx(expected, abs=1e-6)
+    assert table["vivim_tiny"]["jaccard_empty_as_one_n"] == "1"
+    tiny_row = next(line for line in report.read_text().splitlines() if line.startswith("| vivim_tiny | "))
+    assert f"| {expected:.3f} (1/2 folds) |" in tiny_row
 
 
 def test_cross_validation_timing_keeps_times_another_process_wrote(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vivim_monai.experiments.runs import ModelRun
 
-__all__ = ["paired_cases_markdown"]
+__all__ = ["jaccard_empty_as_one", "paired_cases_markdown"]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -25,6 +25,26 @@ def _foreground_frame_dice(row: dict[str, str]) -> float:
     values = [float(v) for k, v in row.items() if k.startswith("dice_") and k != "dice_background"]
     values = [v for v in values if not math.isnan(v)]
     return sum(values) / len(values) if values else math.nan
+
+
+def jaccard_empty_as_one(run: ModelRun) -> dict[int, float]:
+    """Per evaluated fold with an ``eval/metrics_per_frame.csv``: the mean over its frames of the foreground Jaccard
+    with a class absent from both masks of a frame counted as 1 instead of left out. Datasets where many frames show
+    no structure (BAGLS: the closed glottis) state IoU targets in this convention, which rewards predicting nothing
+    there; the summaries' own Jaccard leaves such frames out."""
+    means = {}
+    for fold in sorted(run.summaries):
+        path = run.fold_dirs[fold] / "eval" / "metrics_per_frame.csv"
+        if not path.is_file():
+            continue
+        frames = []
+        for row in _rows(path):
+            values = [float(v) for k, v in row.items() if k.startswith("jaccard_") and k != "jaccard_background"]
+            frames.append(sum(1.0 if math.isnan(v) else v for v in values) / len(values) if values else math.nan)
+        frames = [v for v in frames if not math.isnan(v)]
+        if frames:
+            means[fold] = sum(frames) / len(frames)
+    return means
 
 
 def _case_table(run: ModelRun, fold: int) -> dict[str, tuple[int, float]]:

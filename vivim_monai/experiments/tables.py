@@ -10,9 +10,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from vivim_monai.experiments.cases import jaccard_empty_as_one
 from vivim_monai.experiments.runs import ModelRun
 
 __all__ = [
+    "EMPTY_AS_ONE",
     "METRICS",
     "TEMPORAL",
     "FoldStat",
@@ -30,6 +32,8 @@ __all__ = [
 METRICS = (("dice", "Dice"), ("jaccard", "Jaccard"), ("precision", "precision"), ("recall", "recall"), ("hd95", "HD95"))
 #: temporal metrics of ``metrics_summary.json`` ``temporal.by_video`` (foreground mean).
 TEMPORAL = (("pred_inconsistent_fraction", "pred. inconsistent fraction"), ("stability_gap", "stability gap"))
+#: foreground Jaccard per frame with a class absent from both masks counted as 1 (from ``metrics_per_frame.csv``).
+EMPTY_AS_ONE = ("jaccard_empty_as_one", "Jaccard, both empty = 1")
 
 
 @dataclass
@@ -108,6 +112,7 @@ def model_stats(run: ModelRun, parameters: int | None) -> ModelStats:
     metrics = {m: fold_stat(summaries, lambda s, m=m: s["by_frame"][m]["foreground_mean"]) for m, _ in METRICS}
     for key, _ in TEMPORAL:
         metrics[key] = fold_stat(summaries, lambda s, k=key: s["temporal"]["by_video"][k]["foreground_mean"])
+    metrics[EMPTY_AS_ONE[0]] = FoldStat(jaccard_empty_as_one(run))
     units = sorted({str(s.get("hd95_unit", "?")) for s in summaries.values()})
     minutes = {int(k.rsplit("_", 1)[1]): v / 60.0 for k, v in run.seconds.items() if k.startswith("train_fold_")}
     return ModelStats(
@@ -161,7 +166,10 @@ def _rows(stats: Sequence[ModelStats]) -> list[list[str]]:
     for s in stats:
         folds = len(s.folds)
         cells = [s.name, _millions(s.parameters), str(folds)]
-        cells += [s.metrics[m].text(3, folds) for m, _ in METRICS]
+        cells += [s.metrics[m].text(3, folds) for m, _ in METRICS[:2]]
+        empty_as_one = s.metrics[EMPTY_AS_ONE[0]]
+        cells.append(empty_as_one.text(3, folds) if empty_as_one.n else "n/a")
+        cells += [s.metrics[m].text(3, folds) for m, _ in METRICS[2:]]
         for key, _ in TEMPORAL:
             cells.append(s.metrics[key].text(3, folds) if s.metrics[key].n else "n/a")
         cells += [s.fps.text(1), s.train_minutes.text(1)]
@@ -177,7 +185,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def comparison_markdown(stats: Sequence[ModelStats], reference: str) -> str:
     """The summary table, the per-fold table, the winner sentence and the paired differences to ``reference``."""
     units = sorted({s.hd95_unit for s in stats if s.folds})
-    header = ["model", "parameters (M)", "folds"] + [title for _, title in METRICS[:-1]]
+    header = ["model", "parameters (M)", "folds"] + [title for _, title in METRICS[:2]] + [EMPTY_AS_ONE[1]]
+    header += [title for _, title in METRICS[2:-1]]
     header += [f"HD95 ({'/'.join(units) or '?'})"] + [f"temporal: {title}" for _, title in TEMPORAL]
     header += ["frames/s", "training min/fold"]
     lines = _table(header, _rows(stats))
@@ -185,7 +194,8 @@ def comparison_markdown(stats: Sequence[ModelStats], reference: str) -> str:
     lines += [
         "",
         "Foreground means (classes other than background) of the per-frame metrics, then mean ± sd (n-1) over "
-        "folds. Temporal metrics per video; n/a where every case was skipped"
+        "folds; Jaccard, both empty = 1 counts a frame where a class is absent from both masks as 1 (left out "
+        "elsewhere). Temporal metrics per video; n/a where every case was skipped"
         + (f" ({'; '.join(skipped)})" if skipped else "")
         + ". frames/s: sliding-window forward on the evaluation device; training: wall minutes per fold.",
         "",
