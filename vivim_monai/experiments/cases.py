@@ -21,8 +21,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _foreground_frame_dice(row: dict[str, str]) -> float:
-    values = [float(v) for k, v in row.items() if k.startswith("dice_") and k != "dice_background"]
+def _foreground_frame_mean(row: dict[str, str], metric: str, absent: float = math.nan) -> float:
+    """Mean of ``<metric>_<class>`` over the foreground classes of one ``metrics_per_frame.csv`` row; a class absent
+    from both masks (NaN) counts ``absent``, left out when that is NaN."""
+    values = [float(v) for k, v in row.items() if k.startswith(f"{metric}_") and k != f"{metric}_background"]
+    values = [absent if math.isnan(v) else v for v in values]
     values = [v for v in values if not math.isnan(v)]
     return sum(values) / len(values) if values else math.nan
 
@@ -37,10 +40,7 @@ def jaccard_empty_as_one(run: ModelRun) -> dict[int, float]:
         path = run.fold_dirs[fold] / "eval" / "metrics_per_frame.csv"
         if not path.is_file():
             continue
-        frames = []
-        for row in _rows(path):
-            values = [float(v) for k, v in row.items() if k.startswith("jaccard_") and k != "jaccard_background"]
-            frames.append(sum(1.0 if math.isnan(v) else v for v in values) / len(values) if values else math.nan)
+        frames = [_foreground_frame_mean(row, "jaccard", absent=1.0) for row in _rows(path)]
         frames = [v for v in frames if not math.isnan(v)]
         if frames:
             means[fold] = sum(frames) / len(frames)
@@ -54,7 +54,9 @@ def _case_table(run: ModelRun, fold: int) -> dict[str, tuple[int, float]]:
 
 def _frame_table(run: ModelRun, fold: int) -> dict[tuple[str, str], float]:
     path = run.fold_dirs[fold] / "eval" / "metrics_per_frame.csv"
-    return {(r["case_id"], r["frame"]): _foreground_frame_dice(r) for r in _rows(path)} if path.is_file() else {}
+    return (
+        {(r["case_id"], r["frame"]): _foreground_frame_mean(r, "dice") for r in _rows(path)} if path.is_file() else {}
+    )
 
 
 def paired_cases_markdown(first: ModelRun, second: ModelRun, tolerance: float = 0.005) -> str:
