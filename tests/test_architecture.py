@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"<root>", "utils", "bundle_cli"},
     {"ops", "data", "metrics", "losses"},
     {"networks", "transforms", "io", "inferers"},
-    {"engines"},
+    {"engines", "fewshot"},
     {"handlers"},
     {"experiments", "demo", "export"},
 ]

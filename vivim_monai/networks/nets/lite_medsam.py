@@ -76,13 +76,26 @@ class LiteMedSAM(nn.Module):
             load_state(self, lite_medsam_state(weights), source)
 
     @torch.no_grad()
-    def segment_box(self, image: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-        """One ``(C, H, W)`` image and its ``(x0, y0, x1, y1)`` box in pixels -> ``(H, W)`` mask logits."""
+    def embed(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """One ``(C, H, W)`` image -> its ``(1, 256, 64, 64)`` encoder embedding and the unpadded ``(h, w)`` inside
+        the 256 x 256 input; a cine's frames are embedded once and prompted many times (:meth:`decode_box`)."""
         padded, inner = medsam_preprocess(image.unsqueeze(0))
-        scale = inner[0] / image.shape[-2]
-        embedding = self.image_encoder(padded)
+        return self.image_encoder(padded), inner
+
+    @torch.no_grad()
+    def decode_box(
+        self, embedding: torch.Tensor, inner: tuple[int, int], size: tuple[int, int], box: torch.Tensor
+    ) -> tuple[torch.Tensor, float]:
+        """Mask logits ``(H, W)`` of ``size`` for an ``(x0, y0, x1, y1)`` pixel box on an :meth:`embed` output, and
+        the decoder's predicted IoU of that mask."""
+        scale = inner[0] / size[0]
         sparse = self.prompt_encoder.embed_boxes(box.float().reshape(1, 4) * scale)
-        masks, _ = self.mask_decoder(
+        masks, iou = self.mask_decoder(
             embedding, self.prompt_encoder.dense_positions(), sparse, self.prompt_encoder.no_mask(1)
         )
-        return medsam_restore(masks[:, :1], inner, tuple(image.shape[-2:]))[0, 0]
+        return medsam_restore(masks[:, :1], inner, tuple(size))[0, 0], float(iou.reshape(-1)[0])
+
+    def segment_box(self, image: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        """One ``(C, H, W)`` image and its ``(x0, y0, x1, y1)`` box in pixels -> ``(H, W)`` mask logits."""
+        embedding, inner = self.embed(image)
+        return self.decode_box(embedding, inner, tuple(image.shape[-2:]), box)[0]

