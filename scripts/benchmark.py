@@ -22,6 +22,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from typing import Callable
 
 import numpy as np
@@ -394,6 +395,50 @@ def _has_onnxruntime() -> bool:
     return True
 
 
+# ------------------------------------------------------------------------------------------------------ fewshot
+def bench_fewshot(args: argparse.Namespace) -> None:
+    """Time to a whole-cine result from one box (tracking, box -> adaptation, both) and from one labelled frame, on
+    a synthetic ``frames``-frame ``size``² cine (a bright ellipse drifting through speckle), outputs written."""
+    import tempfile
+
+    from vivim_monai.fewshot import UNLABELLED, AdaptConfig, BoxPrompt, box_of_mask
+    from vivim_monai.fewshot.workflow import segment_with_prompts
+    from vivim_monai.io import write_case_outputs
+
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[: args.size, : args.size]
+    cine = np.empty((1, args.size, args.size, args.frames), np.uint8)
+    truth = np.empty((args.size, args.size, args.frames), np.uint8)
+    for t in range(args.frames):
+        centre = args.size * (0.4 + 0.2 * np.sin(2 * np.pi * t / args.frames))
+        inside = ((rows - centre) / (0.12 * args.size)) ** 2 + ((cols - args.size / 2) / (0.18 * args.size)) ** 2 < 1
+        truth[..., t] = inside
+        cine[0, ..., t] = np.clip(rng.gamma(2.0, 30.0, inside.shape) * np.where(inside, 0.3, 1.0), 0, 255)
+    cine_t = torch.from_numpy(cine)
+    frame = args.frames // 2
+    box = [BoxPrompt(frame, box_of_mask(truth[..., frame]))]
+    label = np.full_like(truth, UNLABELLED)
+    label[..., frame] = truth[..., frame]
+    config = AdaptConfig(**({"steps": args.steps} if args.steps else {}))
+    print(f"Few-shot: {args.frames} frames of {args.size}², recipe {config}")
+    print("| path | total s | parts (s) |\n|---|---|---|")
+    for name, kwargs in (
+        ("one box, tracking", {"boxes": box, "method": "track"}),
+        ("one labelled frame, adaptation", {"label": label, "method": "adapt"}),
+        ("one box -> adaptation", {"boxes": box, "method": "adapt"}),
+        ("one box -> tracking + adaptation", {"boxes": box, "method": "track+adapt"}),
+    ):
+        start = time.perf_counter()
+        result = segment_with_prompts(cine_t, config=config, **kwargs)
+        writing = time.perf_counter()
+        with tempfile.TemporaryDirectory() as folder:
+            write_case_outputs(cine_t, result.labels, folder, case_id="bench", class_names=["background", "target"])
+        end = time.perf_counter()
+        parts = {**{k: v for k, v in result.seconds.items() if k != "total"}, "writing outputs": end - writing}
+        detail = ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
+        print(f"| {name} | {end - start:.1f} | {detail} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -441,6 +486,10 @@ def main() -> None:
     export.add_argument("--formats", nargs="+", default=["torchscript", "program", "onnx"])
     export.add_argument("--frames", type=int, default=5)
     export.add_argument("--size", type=int, default=256)
+    fewshot = sub.add_parser("fewshot", help="time to a whole-cine result from one box or one labelled frame")
+    fewshot.add_argument("--frames", type=int, default=100)
+    fewshot.add_argument("--size", type=int, default=256)
+    fewshot.add_argument("--steps", type=int, help="adaptation steps (default: the shipped recipe's)")
     worker = sub.add_parser("memory-worker")
     worker.add_argument("--variant", default="b0")
     worker.add_argument("--mixer", choices=["mamba", "attention"], default="mamba")
@@ -464,6 +513,8 @@ def main() -> None:
         bench_decode(args)
     if args.command == "export":
         bench_export(args)
+    if args.command == "fewshot":
+        bench_fewshot(args)
     if args.command == "memory-worker":
         memory_worker(args)
 

@@ -30,7 +30,9 @@ def test_main_job_trains_evaluates_and_writes_outputs(tmp_path, capsys):
     # the real echo is segmented from the demo's one box, not by the phantom model
     assert not (tmp_path / "outputs" / "examples_ybr_color").exists()
     echo = tmp_path / "outputs" / "prompted" / "examples_ybr_color"
-    assert sorted(p.name for p in echo.iterdir()) == sorted(f"examples_ybr_color{end}" for end in (*ends, "_prompts.json"))
+    assert sorted(p.name for p in echo.iterdir()) == sorted(
+        f"examples_ybr_color{end}" for end in (*ends, "_prompts.json")
+    )
     report = json.loads((echo / "examples_ybr_color_prompts.json").read_text())
     assert report["method"] == "track" and report["frames"] == 30
     assert report["status"][0] == "prompted"

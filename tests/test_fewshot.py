@@ -134,7 +134,10 @@ def test_partial_label_convention_and_frames_list():
         (lambda y: y[..., :-1], "9 label frames for a cine of 10 frames"),
         (lambda y: np.full_like(y, UNLABELLED), "no labelled frame"),
         (lambda y: np.where(np.arange(T) == 3, 0, UNLABELLED).astype(np.uint8) * np.ones_like(y), "hold no foreground"),
-        (lambda y: np.where(np.arange(T) == 3, 1, UNLABELLED).astype(np.uint8) * np.ones_like(y), "foreground everywhere"),
+        (
+            lambda y: np.where(np.arange(T) == 3, 1, UNLABELLED).astype(np.uint8) * np.ones_like(y),
+            "foreground everywhere",
+        ),
         (lambda y: np.where(np.arange(T) == 3, 3 * y, UNLABELLED).astype(np.uint8), "class index 3 for 2 classes"),
         (lambda y: y.astype(float) + 0.5, "non-integer"),
     ],

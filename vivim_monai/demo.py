@@ -35,7 +35,6 @@ from vivim_monai.data import make_phantom_data
 from vivim_monai.networks import frame_encoder
 from vivim_monai.networks.weights import PACKAGED_WEIGHTS
 
-
 #: The demo's box prompt on the real echo: frame 0, (x0, y0, x1, y1) around the left-ventricular cavity (pixels).
 ECHO_BOX = [0, 152, 52, 212, 125]
 

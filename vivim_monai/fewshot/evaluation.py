@@ -26,7 +26,14 @@ from vivim_monai.metrics.segmentation import per_frame_metrics
 from vivim_monai.networks import LiteMedSAM
 from vivim_monai.utils import atomic_write
 
-__all__ = ["EVALUATED_METHODS", "choose_frames", "evaluate_case", "report_markdown", "score_frames", "summarise_results"]
+__all__ = [
+    "EVALUATED_METHODS",
+    "choose_frames",
+    "evaluate_case",
+    "report_markdown",
+    "score_frames",
+    "summarise_results",
+]
 
 #: Method names of the protocol: box paths (``box:<method>``) and k-shot adaptation (``k<k>`` and, with temporal
 #: smoothing of the predictions, ``k<k>+time``).
@@ -162,7 +169,8 @@ def report_markdown(records_by_dataset: dict[str, Sequence[dict[str, Any]]]) -> 
         return "–" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
     lines = [
-        "| data | method | cines | Dice | Jaccard | Jaccard, empty = 1 | HD95 px | min cine Dice | lost frames | s per cine |",
+        "| data | method | cines | Dice | Jaccard | Jaccard, empty = 1 | HD95 px | min cine Dice | lost frames "
+        "| s per cine |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset, records in records_by_dataset.items():

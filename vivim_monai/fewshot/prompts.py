@@ -77,9 +77,7 @@ def parse_boxes(boxes: Any, source: str = "boxes") -> list[BoxPrompt]:
                 raise ValueError("a frame index, four coordinates and an integer label")
             prompts.append(BoxPrompt(int(frame), coordinates, int(label)))  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as err:
-            raise PromptError(
-                f"{source}: box {i} {item!r} is not [frame, x0, y0, x1, y1(, label)] ({err})"
-            ) from None
+            raise PromptError(f"{source}: box {i} {item!r} is not [frame, x0, y0, x1, y1(, label)] ({err})") from None
     return prompts
 
 
@@ -126,7 +124,9 @@ def labelled_frames(label: np.ndarray, frames: Sequence[int] | None = None, sour
         chosen = sorted({int(f) for f in frames})
         bad = [f for f in chosen if not 0 <= f < count]
         if bad:
-            raise PromptError(f"{source}: labelled frame indices {bad} out of range; the label has frames 0..{count - 1}")
+            raise PromptError(
+                f"{source}: labelled frame indices {bad} out of range; the label has frames 0..{count - 1}"
+            )
         return chosen
     return [t for t in range(count) if not (label[..., t] == UNLABELLED).all()]
 
@@ -172,7 +172,8 @@ def partial_label(
     holes = [f for f in chosen if (array[..., f] == UNLABELLED).any()]
     if holes:
         raise PromptError(
-            f"{source}: labelled frames {holes} hold {UNLABELLED} (unlabelled) pixels; label a frame whole or not at all"
+            f"{source}: labelled frames {holes} hold {UNLABELLED} (unlabelled) pixels; "
+            "label a frame whole or not at all"
         )
     if num_classes is not None and kept.max() >= num_classes:
         raise PromptError(f"{source}: class index {int(kept.max())} for {num_classes} classes (0..{num_classes - 1})")

@@ -90,8 +90,8 @@ class FrameEmbeddings:
 @dataclass
 class TrackResult:
     """A tracked cine: class indices ``labels`` ``(H, W, T)`` (uint8), foreground ``logits`` ``(H, W, T)`` of the
-    winning class (for pseudo-labels), per-frame ``status`` (:data:`STATUSES`; ``lost``: some class's track stopped before reaching the frame) and the prompt index each frame came
-    from (-1: none), why tracks stopped (``events``) and the seconds spent."""
+    winning class, per-frame ``status`` (:data:`STATUSES`; ``lost``: some class's track stopped before the frame),
+    the prompt each frame came from (-1: none), why tracks stopped (``events``) and the seconds spent."""
 
     labels: np.ndarray
     logits: np.ndarray
@@ -189,4 +189,3 @@ def track_boxes(
     seconds = {"encoder": embeddings.encoder_seconds, "total": time.perf_counter() - start}
     logits = np.where(np.isfinite(best), best, -20.0).astype(np.float32)
     return TrackResult(labels, logits, status, source, events, seconds)
-

@@ -153,6 +153,7 @@ def segment_with_prompts(
     if method in ("track", "track+adapt"):
         tracked = track_boxes(cine, prompts, margin=margin, limits=limits, embeddings=embeddings)
         seconds["tracking"] = tracked.seconds["total"]
+        seconds["tracking_encoder"] = tracked.seconds["encoder"]
         events += tracked.events
         if method == "track":
             seconds["total"] = time.perf_counter() - began
@@ -277,10 +278,12 @@ class PromptedCineWorkflow:
             report = self.run_one(index)
             counts = report["status_counts"]
             print(
-                f"{case_id_for(self.inputs[index])}: {report['method']}, {report['frames']} frames {counts}, "
-                f"{report['seconds'].get('total', 0):.0f} s -> {Path(report['outputs']['nifti']).parent}"
-                if "nifti" in report["outputs"]
-                else f"{case_id_for(self.inputs[index])}: {report['method']} {counts}",
+                (
+                    f"{case_id_for(self.inputs[index])}: {report['method']}, {report['frames']} frames {counts}, "
+                    f"{report['seconds'].get('total', 0):.0f} s -> {Path(report['outputs']['nifti']).parent}"
+                    if "nifti" in report["outputs"]
+                    else f"{case_id_for(self.inputs[index])}: {report['method']} {counts}"
+                ),
                 flush=True,
             )
             for event in report["events"]:
