@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--methods", nargs="+", default=list(EVALUATED_METHODS), choices=list(EVALUATED_METHODS))
     parser.add_argument("--cases", type=int, help="only the first N cines of each dataset")
+    parser.add_argument("--shard", help="K/N: only every N-th cine from the K-th (0-based), to run N processes at once")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {name}: no folder {root}", file=sys.stderr)
             continue
         entries = discover_cases(root, layout=layout)[: args.cases]
+        if args.shard and not args.report_only:
+            index, count = (int(v) for v in args.shard.split("/"))
+            entries = entries[index::count]
         found = []
         for entry in entries:
             if args.report_only:
