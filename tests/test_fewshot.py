@@ -181,6 +181,11 @@ def test_drift_limits_say_why_a_track_stops():
     assert limits.check(tiny, previous).startswith("mask vanished (5 px < 8)")
     flood = np.ones_like(previous)
     assert limits.check(flood, None).startswith("mask floods 100% of the frame")
+    rng = np.random.default_rng(1)
+    patch = rng.normal(size=(30, 40))
+    assert limits.check_images(patch, 2 * patch + 5) is None  # same view, other gain and offset
+    assert limits.check_images(patch, 0.8 * patch + 0.6 * rng.normal(size=patch.shape)) is None  # speckle changes
+    assert limits.check_images(patch, rng.normal(size=patch.shape)).startswith("image under the box changed")
 
 
 def test_tracking_follows_a_moving_disk_both_ways():
@@ -199,7 +204,11 @@ def test_tracking_stops_and_reports_a_lost_structure_instead_of_painting():
     assert result.status[:7] == ["tracked", "tracked", "prompted"] + ["tracked"] * 4
     assert result.status[7:] == ["lost"] * 3
     assert not result.labels[..., 7:].any(), "a lost track leaves background, never a guessed mask"
-    assert len(result.events) == 1 and "forward: stopped at frame 7: mask vanished" in result.events[0]
+    assert len(result.events) == 1 and "forward: stopped at frame 7: image under the box changed" in result.events[0]
+    # with the view check off, the mask check catches it
+    mask_only = DriftLimits(min_correlation=-1.0)
+    again = track_boxes(cine, [BoxPrompt(2, box_of_mask(truth[..., 2], 2))], model=BrightRegionSAM(), limits=mask_only)
+    assert again.status == result.status and "forward: stopped at frame 7: mask vanished" in again.events[0]
 
 
 def test_two_prompts_split_the_cine_and_two_classes_keep_their_labels():
