@@ -359,3 +359,17 @@ def test_litemedsam_tracks_the_vtus_nodule_from_one_box():
     assert result.status.count("lost") == 0
     scores = score_frames(result.labels, truth, [t for t in range(truth.shape[-1]) if t != first])
     assert scores["dice"] > 0.75, scores  # 0.83 measured (frames 1..2 enter the nodule: 0.49, 0.65)
+
+
+def test_track_and_adapt_from_a_label_uses_tracked_frames_as_pseudo_labels():
+    cine, truth = disk_cine()
+    label = np.full_like(truth, UNLABELLED)
+    label[..., 4] = truth[..., 4]
+    result = segment_with_prompts(
+        cine, label=label, method="track+adapt", config=TINY, pseudo_frames=3, medsam=BrightRegionSAM()
+    )
+    # the labelled frame's box prompts the tracker; 3 of the 9 tracked frames, spread out, join it as labels
+    assert result.trained_frames == [1, 4, 5, 8]
+    assert result.status[4] == "labelled" and result.status[0] == "segmented"
+    others = [t for t in range(T) if t not in result.trained_frames]
+    assert score_frames(result.labels, truth, others)["dice"] > 0.85

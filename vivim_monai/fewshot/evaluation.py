@@ -35,9 +35,22 @@ __all__ = [
     "summarise_results",
 ]
 
-#: Method names of the protocol: box paths (``box:<method>``) and k-shot adaptation (``k<k>`` and, with temporal
-#: smoothing of the predictions, ``k<k>+time``).
-EVALUATED_METHODS = ("box:track", "box:adapt", "box:track+adapt", "k1", "k3", "k5", "k1+time", "k3+time", "k5+time")
+#: Method names of the protocol: box paths (``box:<method>``) and k-shot adaptation (``k<k>``; with temporal
+#: smoothing of the predictions, ``k<k>+time``; with the tracker's masks of unlabelled frames as pseudo-labels,
+#: ``k<k>+track``).
+EVALUATED_METHODS = (
+    "box:track",
+    "box:adapt",
+    "box:track+adapt",
+    "k1",
+    "k3",
+    "k5",
+    "k1+time",
+    "k3+time",
+    "k5+time",
+    "k1+track",
+    "k3+track",
+)
 
 
 def choose_frames(label: np.ndarray, k: int) -> list[int]:
@@ -94,7 +107,7 @@ def evaluate_case(
     embeddings = FrameEmbeddings(medsam or LiteMedSAM().eval(), cine)  # shared by the box methods
     adapted: dict[int, Any] = {}
     for method in methods:
-        if not temporal and (method in ("box:track", "box:track+adapt") or method.endswith("+time")):
+        if not temporal and (method in ("box:track", "box:track+adapt") or method.endswith(("+time", "+track"))):
             continue
         path = folder / f"{method.replace(':', '_')}.json"
         if path.is_file():
@@ -126,8 +139,12 @@ def evaluate_case(
             else:
                 label = np.full_like(truth, UNLABELLED)
                 label[..., frames] = truth[..., frames]
-                result = segment_with_prompts(cine, label=label, method="adapt", config=config, source=case_id)
-                adapted[k] = (result.adapter, result.seconds)
+                way = "track+adapt" if method.endswith("+track") else "adapt"
+                result = segment_with_prompts(
+                    cine, label=label, method=way, config=config, source=case_id, embeddings=embeddings
+                )
+                if way == "adapt":
+                    adapted[k] = (result.adapter, result.seconds)
                 pred = result.labels
                 extra["seconds_parts"] = result.seconds
             scored = [t for t in range(truth.shape[-1]) if t not in frames]

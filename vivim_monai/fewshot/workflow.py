@@ -6,8 +6,9 @@ Methods (``method``):
   background and are listed in the report.
 - ``"adapt"``: :class:`~vivim_monai.fewshot.adapt.FewShotAdapter` on the labelled frames; a box adds its frame,
   labelled with LiteMedSAM's mask for the box (so one box alone is "box -> adaptation").
-- ``"track+adapt"``: track the boxes, then adapt on the boxed frames plus up to ``pseudo_frames`` tracked frames
-  spread over the cine (the tracker's masks as pseudo-labels), and segment every frame with the adapted network,
+- ``"track+adapt"``: track the boxes (and the boxes of the labelled frames' masks), then adapt on the boxed and
+  labelled frames plus up to ``pseudo_frames`` tracked frames spread over the cine (the tracker's masks as
+  pseudo-labels: the cine's unlabelled frames through time), and segment every frame with the adapted network,
   which also covers the frames where tracking was lost.
 - ``"auto"``: ``"adapt"`` when a partial label is given, else ``"track"``.
 
@@ -28,14 +29,22 @@ import torch
 
 from vivim_monai.data import load_cine, load_label_cine
 from vivim_monai.fewshot.adapt import AdaptConfig, FewShotAdapter
-from vivim_monai.fewshot.prompts import UNLABELLED, BoxPrompt, PromptError, check_boxes, parse_boxes, partial_label
+from vivim_monai.fewshot.prompts import (
+    UNLABELLED,
+    BoxPrompt,
+    PromptError,
+    box_of_mask,
+    check_boxes,
+    parse_boxes,
+    partial_label,
+)
 from vivim_monai.fewshot.tracking import DriftLimits, FrameEmbeddings, track_boxes
 from vivim_monai.io import write_case_outputs
 from vivim_monai.io.case import case_id_for
 from vivim_monai.networks import LiteMedSAM
 from vivim_monai.utils import atomic_write
 
-__all__ = ["METHODS", "PromptedCineWorkflow", "PromptedResult", "segment_with_prompts", "spread_frames"]
+__all__ = ["METHODS", "PromptedCineWorkflow", "PromptedResult", "label_boxes", "segment_with_prompts", "spread_frames"]
 
 METHODS = ("auto", "track", "adapt", "track+adapt")
 
@@ -76,6 +85,16 @@ def spread_frames(candidates: Sequence[int], count: int) -> list[int]:
     if len(candidates) <= count:
         return candidates
     return sorted({candidates[int((i + 0.5) * len(candidates) / count)] for i in range(count)})
+
+
+def label_boxes(label: np.ndarray, frames: Sequence[int]) -> list[BoxPrompt]:
+    """One box prompt per class present on each labelled frame of a partial label: the box around that class."""
+    return [
+        BoxPrompt(frame, box_of_mask(label[..., frame] == cls), int(cls))  # type: ignore[arg-type]
+        for frame in frames
+        for cls in np.unique(label[..., frame])
+        if 0 < cls < UNLABELLED
+    ]
 
 
 def _box_labels(
@@ -137,8 +156,10 @@ def segment_with_prompts(
         raise PromptError(f"{source}: give at least one box or a label on at least one frame")
     if method == "auto":
         method = "adapt" if partial is not None else "track"
+    if method == "track+adapt" and partial is not None:  # the labelled frames prompt the tracker too
+        prompts = prompts + label_boxes(partial, frames)
     if method in ("track", "track+adapt") and not prompts:
-        raise PromptError(f"{source}: method {method!r} needs a box prompt")
+        raise PromptError(f"{source}: method {method!r} needs a box prompt (or, for track+adapt, a label)")
     given = [p.label for p in prompts] + ([int(partial[..., frames].max())] if partial is not None else [])
     classes = num_classes if num_classes is not None else max(2, max(given) + 1)
     if max(given) >= classes:
