@@ -105,50 +105,11 @@ def evaluate_case(
     folder = output / case_id.replace("/", "_")
     results = []
     embeddings = FrameEmbeddings(medsam or LiteMedSAM().eval(), cine)  # shared by the box methods
-    adapted: dict[int, Any] = {}
-    for method in methods:
-        if not temporal and (method in ("box:track", "box:track+adapt") or method.endswith(("+time", "+track"))):
-            continue
-        path = folder / f"{method.replace(':', '_')}.json"
-        if path.is_file():
-            results.append(json.loads(path.read_text()))
-            continue
-        started = time.perf_counter()
-        first = choose_frames(truth, 1)[0]
-        box = BoxPrompt(first, box_of_mask(truth[..., first]))  # type: ignore[arg-type]
-        extra: dict[str, Any] = {}
-        if method.startswith("box:"):
-            result = segment_with_prompts(
-                cine, [box], method=method[4:], config=config, source=case_id, embeddings=embeddings
-            )
-            scored = [t for t in range(truth.shape[-1]) if t != first]
-            pred, status = result.labels, result.status
-            extra["lost_frames"] = [t for t, s in enumerate(status) if s == "lost"]
-            extra["seconds_parts"] = result.seconds
-        else:
-            k = int(method[1:].split("+")[0])
-            frames = choose_frames(truth, k)
-            if method.endswith("+time"):
-                if k not in adapted:  # the per-frame run of the same k trains the network; only predict again
-                    raise RuntimeError(f"{method} needs k{k} first in the method list")
-                adapter, seconds = adapted[k]
-                probabilities = adapter.predict(cine, temporal_sigma=temporal_sigma)
-                pred = probabilities.argmax(0).astype(np.uint8)
-                extra["seconds_parts"] = {**seconds, "temporal_predict": time.perf_counter() - started}
-                extra["temporal_sigma"] = temporal_sigma
-            else:
-                label = np.full_like(truth, UNLABELLED)
-                label[..., frames] = truth[..., frames]
-                way = "track+adapt" if method.endswith("+track") else "adapt"
-                result = segment_with_prompts(
-                    cine, label=label, method=way, config=config, source=case_id, embeddings=embeddings
-                )
-                if way == "adapt":
-                    adapted[k] = (result.adapter, result.seconds)
-                pred = result.labels
-                extra["seconds_parts"] = result.seconds
-            scored = [t for t in range(truth.shape[-1]) if t not in frames]
-            extra["labelled"] = frames
+    first = choose_frames(truth, 1)[0]
+    box = BoxPrompt(first, box_of_mask(truth[..., first]))  # type: ignore[arg-type]
+    every = range(truth.shape[-1])
+
+    def save(method: str, started: float, pred: np.ndarray, scored: list[int], extra: dict[str, Any]) -> None:
         record = {
             "case_id": case_id,
             "method": method,
@@ -157,9 +118,46 @@ def evaluate_case(
             **score_frames(pred, truth, scored, spacing),
             **extra,
         }
+        path = folder / f"{method.replace(':', '_')}.json"
         atomic_write(path, lambda name: Path(name).write_text(json.dumps(record, indent=1)))
         print(f"{case_id} {method}: Dice {record['dice']}, {record['seconds']:.0f} s", flush=True)
-        results.append(record)
+
+    def run(method: str) -> None:
+        started = time.perf_counter()
+        if method.startswith("box:"):
+            result = segment_with_prompts(
+                cine, [box], method=method[4:], config=config, source=case_id, embeddings=embeddings
+            )
+            lost = [t for t, s in enumerate(result.status) if s == "lost"]
+            extra = {"lost_frames": lost, "seconds_parts": result.seconds}
+            save(method, started, result.labels, [t for t in every if t != first], extra)
+            return
+        k = int(method[1:].split("+")[0])
+        frames = choose_frames(truth, k)
+        scored = [t for t in every if t not in frames]
+        label = np.full_like(truth, UNLABELLED)
+        label[..., frames] = truth[..., frames]
+        way = "track+adapt" if method.endswith("+track") else "adapt"
+        result = segment_with_prompts(
+            cine, label=label, method=way, config=config, source=case_id, embeddings=embeddings
+        )
+        save(method, started, result.labels, scored, {"labelled": frames, "seconds_parts": result.seconds})
+        if way == "adapt" and f"{method}+time" in methods and temporal:  # the same network, predictions smoothed
+            again = time.perf_counter()
+            probabilities = result.adapter.predict(cine, temporal_sigma=temporal_sigma)  # type: ignore[union-attr]
+            parts = {**result.seconds, "temporal_predict": time.perf_counter() - again}
+            extra = {"labelled": frames, "seconds_parts": parts, "temporal_sigma": temporal_sigma}
+            save(f"{method}+time", started, probabilities.argmax(0).astype(np.uint8), scored, extra)
+
+    for method in methods:
+        if not temporal and (method in ("box:track", "box:track+adapt") or method.endswith(("+time", "+track"))):
+            continue
+        path = folder / f"{method.replace(':', '_')}.json"
+        if not path.is_file():
+            # "k<k>+time" is written with "k<k>" (same network); it is missing only when "k<k>" came from an
+            # earlier, killed run: then both are made again
+            run(method[: -len("+time")] if method.endswith("+time") else method)
+        results.append(json.loads(path.read_text()))
     return results
 
 
