@@ -280,17 +280,18 @@ def test_adaptation_starts_from_a_released_model_by_name():
         FewShotAdapter(2, start="liver")
 
 
-def _write_nifti_cine(path, cine: torch.Tensor) -> str:
-    nib.save(nib.Nifti1Image(cine[0].numpy(), np.eye(4)), path)
-    return str(path)
+def _write_cine_and_partial_label(folder, frame: int):
+    """The disk cine as ``cine.nii.gz`` and its label on ``frame`` alone (other frames 255) as ``partial.nii.gz``."""
+    cine, truth = disk_cine()
+    nib.save(nib.Nifti1Image(cine[0].numpy(), np.eye(4)), folder / "cine.nii.gz")
+    label = np.full_like(truth, UNLABELLED)
+    label[..., frame] = truth[..., frame]
+    nib.save(nib.Nifti1Image(label, np.eye(4)), folder / "partial.nii.gz")
+    return str(folder / "cine.nii.gz"), str(folder / "partial.nii.gz"), truth
 
 
 def test_workflow_writes_outputs_and_bad_input_writes_nothing(tmp_path):
-    cine, truth = disk_cine()
-    source = _write_nifti_cine(tmp_path / "cine.nii.gz", cine)
-    label = np.full_like(truth, UNLABELLED)
-    label[..., 3] = truth[..., 3]
-    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "partial.nii.gz")
+    source, partial, truth = _write_cine_and_partial_label(tmp_path, 3)
     out = tmp_path / "out"
     bad = PromptedCineWorkflow(source, out, boxes=[[3, 10, 10, 200, 20]], recipe={"size": 64, "steps": 2})
     with pytest.raises(PromptError, match=r"cine.nii.gz boxes: box 0 .* outside the 80 x 64"):
@@ -301,7 +302,7 @@ def test_workflow_writes_outputs_and_bad_input_writes_nothing(tmp_path):
         PromptedCineWorkflow(source, out, labels=str(tmp_path / "wrong.nii.gz")).run()
     assert not out.exists(), "bad input must leave nothing behind"
     reports = PromptedCineWorkflow(
-        source, out, labels=str(tmp_path / "partial.nii.gz"), recipe={"size": 64, "steps": 40, "learning_rate": 3e-3}
+        source, out, labels=partial, recipe={"size": 64, "steps": 40, "learning_rate": 3e-3}
     ).run()
     folder = out / "cine"
     names = sorted(p.name for p in folder.iterdir())
@@ -320,14 +321,10 @@ def test_workflow_writes_outputs_and_bad_input_writes_nothing(tmp_path):
 
 @pytest.mark.integration
 def test_adapt_json_runs_from_the_bundle_command_line(tmp_path):
-    cine, truth = disk_cine()
-    source = _write_nifti_cine(tmp_path / "cine.nii.gz", cine)
-    label = np.full_like(truth, UNLABELLED)
-    label[..., 6] = truth[..., 6]
-    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "partial.nii.gz")
+    source, partial, truth = _write_cine_and_partial_label(tmp_path, 6)
     overrides = {
         "input_files": source,
-        "labels": str(tmp_path / "partial.nii.gz"),
+        "labels": partial,
         "output_dir": str(tmp_path / "out"),
         "recipe": {"size": 64, "steps": 30, "batch": 4, "learning_rate": 0.003},
         "output_kinds": ["nifti", "csv"],
