@@ -55,7 +55,7 @@ def disk_cine(frames: int = T, radius: int = 12, vanish_from: int | None = None,
 class BrightRegionSAM:
     """Stands in for LiteMedSAM: the mask of a box is the bright pixels (> 128) inside it."""
 
-    def embed(self, image: torch.Tensor):
+    def embed(self, image: torch.Tensor, bf16: bool = False):
         return image.float().mean(0), (0, 0)
 
     def decode_box(self, embedding, inner, size, box):
@@ -370,3 +370,21 @@ def test_track_and_adapt_from_a_label_uses_tracked_frames_as_pseudo_labels():
     assert result.status[4] == "labelled" and result.status[0] == "segmented"
     others = [t for t in range(T) if t not in result.trained_frames]
     assert score_frames(result.labels, truth, others)["dice"] > 0.85
+
+
+@pytest.mark.slow
+def test_bf16_encoder_masks_agree_with_float32_on_a_real_echo():
+    from pydicom import examples
+
+    from vivim_monai.data import load_cine
+    from vivim_monai.fewshot import FrameEmbeddings
+    from vivim_monai.networks import LiteMedSAM
+
+    cine = load_cine(examples.get_path("ybr_color"))
+    model = LiteMedSAM().eval()
+    box = (152, 52, 212, 125)  # the demo's box around the left-ventricular cavity
+    masks = [FrameEmbeddings(model, cine, precision).segment(0, box)[0] > 0 for precision in ("fp32", "bf16")]
+    agreement = score_frames(masks[0][..., None].astype(np.uint8), masks[1][..., None].astype(np.uint8), [0])
+    assert masks[0].sum() > 1000 and agreement["dice"] > 0.98
+    with pytest.raises(ValueError, match="precision must be"):
+        FrameEmbeddings(model, cine, "fp16")

@@ -104,7 +104,8 @@ def evaluate_case(
     truth = (np.asarray(truth) > 0).astype(np.uint8)
     folder = output / case_id.replace("/", "_")
     results = []
-    embeddings = FrameEmbeddings(medsam or LiteMedSAM().eval(), cine)  # shared by the box methods
+    # shared by the box methods; float32 so that the tables do not depend on the CPU's bfloat16 support
+    embeddings = FrameEmbeddings(medsam or LiteMedSAM().eval(), cine, precision="fp32")
     first = choose_frames(truth, 1)[0]
     box = BoxPrompt(first, box_of_mask(truth[..., first]))  # type: ignore[arg-type]
     every = range(truth.shape[-1])

@@ -22,6 +22,7 @@ import torch
 
 from vivim_monai.fewshot.prompts import BoxPrompt, box_of_mask, check_boxes
 from vivim_monai.networks import LiteMedSAM
+from vivim_monai.networks.nets.lite_medsam import native_bf16
 
 __all__ = ["DriftLimits", "FrameEmbeddings", "TrackResult", "track_boxes", "track_status_counts"]
 
@@ -79,12 +80,19 @@ class DriftLimits:
 
 
 class FrameEmbeddings:
-    """LiteMedSAM embeddings of a cine's frames, computed on first use and kept (one encoder pass per frame)."""
+    """LiteMedSAM embeddings of a cine's frames, computed on first use and kept (one encoder pass per frame).
 
-    def __init__(self, model: LiteMedSAM, cine: torch.Tensor) -> None:
+    ``precision``: ``"fp32"``, ``"bf16"`` (encoder under bfloat16 autocast) or ``"auto"`` (bf16 where the CPU
+    computes it natively, :func:`~vivim_monai.networks.nets.lite_medsam.native_bf16`; fp32 elsewhere and on GPU)."""
+
+    def __init__(self, model: LiteMedSAM, cine: torch.Tensor, precision: str = "auto") -> None:
         if cine.ndim != 4:
             raise ValueError(f"a cine is (C, H, W, T), got shape {tuple(cine.shape)}")
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
         self.model, self.cine = model, cine
+        on_cpu = all(p.device.type == "cpu" for p in getattr(model, "parameters", lambda: [])())
+        self.bf16 = precision == "bf16" or (precision == "auto" and on_cpu and native_bf16())
         self.size = (int(cine.shape[1]), int(cine.shape[2]))
         self._cache: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}
         self.encoder_seconds = 0.0
@@ -102,7 +110,7 @@ class FrameEmbeddings:
         if frame not in self._cache:
             start = time.perf_counter()
             image = torch.as_tensor(self.cine[..., frame]).float()
-            self._cache[frame] = self.model.embed(image[:3] if image.shape[0] > 3 else image)
+            self._cache[frame] = self.model.embed(image[:3] if image.shape[0] > 3 else image, self.bf16)
             self.encoder_seconds += time.perf_counter() - start
         embedding, inner = self._cache[frame]
         logits, score = self.model.decode_box(embedding, inner, self.size, torch.tensor(box))

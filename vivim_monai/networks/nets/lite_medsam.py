@@ -21,7 +21,7 @@ from vivim_monai.networks.blocks.sam_decoder import MaskDecoder, PromptEncoder
 from vivim_monai.networks.blocks.tiny_vit import TinyViT
 from vivim_monai.networks.weights import checkpoint_state, load_state, packaged_weights_path, read_checkpoint
 
-__all__ = ["LITE_MEDSAM_SIZE", "LiteMedSAM", "lite_medsam_state", "medsam_preprocess", "medsam_restore"]
+__all__ = ["LITE_MEDSAM_SIZE", "LiteMedSAM", "lite_medsam_state", "medsam_preprocess", "medsam_restore", "native_bf16"]
 
 #: The fixed input size of LiteMedSAM's encoder (its embedding is a quarter of it: 64 x 64).
 LITE_MEDSAM_SIZE = 256
@@ -51,6 +51,12 @@ def medsam_preprocess(frames: torch.Tensor, size: int = LITE_MEDSAM_SIZE) -> tup
     return F.pad(frames, (0, size - inner[1], 0, size - inner[0])), inner
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 / AMX through oneDNN): there LiteMedSAM's encoder
+    under bf16 autocast runs about 1.7x faster with masks that agree with float32's at Dice >= 0.99 (model card)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def medsam_restore(logits: torch.Tensor, inner: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """Logits on the padded square -> logits of the original ``size`` (crop the padding, resize bilinearly)."""
     logits = logits[..., : inner[0], : inner[1]]
@@ -76,11 +82,14 @@ class LiteMedSAM(nn.Module):
             load_state(self, lite_medsam_state(weights), source)
 
     @torch.no_grad()
-    def embed(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """One ``(C, H, W)`` image -> its ``(1, 256, 64, 64)`` encoder embedding and the unpadded ``(h, w)`` inside
-        the 256 x 256 input; a cine's frames are embedded once and prompted many times (:meth:`decode_box`)."""
+    def embed(self, image: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
+        """One ``(C, H, W)`` image -> its ``(1, 256, 64, 64)`` float32 encoder embedding and the unpadded ``(h, w)``
+        inside the 256 x 256 input; a cine's frames are embedded once and prompted many times (:meth:`decode_box`).
+        ``bf16`` runs the encoder under CPU bfloat16 autocast (see :func:`native_bf16`)."""
         padded, inner = medsam_preprocess(image.unsqueeze(0))
-        return self.image_encoder(padded), inner
+        with torch.autocast(padded.device.type, dtype=torch.bfloat16, enabled=bf16):
+            embedding = self.image_encoder(padded)
+        return embedding.float(), inner
 
     @torch.no_grad()
     def decode_box(
