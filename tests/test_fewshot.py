@@ -388,3 +388,17 @@ def test_bf16_encoder_masks_agree_with_float32_on_a_real_echo():
     assert masks[0].sum() > 1000 and agreement["dice"] > 0.98
     with pytest.raises(ValueError, match="precision must be"):
         FrameEmbeddings(model, cine, "fp16")
+
+
+def test_adaptation_is_reproducible_and_leaves_the_global_generators_alone():
+    cine, truth = disk_cine()
+    label = np.full_like(truth, UNLABELLED)
+    label[..., 5] = truth[..., 5]
+    recipe = AdaptConfig(size=64, steps=4, batch=2)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    runs = [segment_with_prompts(cine, label=label, config=recipe).adapter for _ in range(2)]
+    assert torch.rand(1) == before, "adapting must not move torch's global generator"
+    first, second = (run.predict(cine) for run in runs)
+    np.testing.assert_array_equal(first, second)

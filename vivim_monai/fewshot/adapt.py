@@ -34,7 +34,6 @@ from monai.transforms import (
     RandFlipd,
     RandScaleIntensityd,
 )
-from monai.utils import set_determinism
 from scipy.ndimage import gaussian_filter1d
 
 from vivim_monai.bundle_cli import find_bundle
@@ -142,7 +141,9 @@ class FewShotAdapter:
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background too; got {num_classes}")
         self.num_classes, self.config = num_classes, config
-        self.network, self.start = _network(num_classes, start, bundle)
+        with torch.random.fork_rng():  # the decoder's initial weights depend on the seed alone
+            torch.manual_seed(config.seed)
+            self.network, self.start = _network(num_classes, start, bundle)
         spatial = ("image", "label")
         self.augment = Compose(
             [
@@ -165,7 +166,6 @@ class FewShotAdapter:
         """Train on ``frames`` of a ``(C, H, W, T)`` cine and its checked ``(H, W, T)`` partial label (unlabelled
         frames :data:`~vivim_monai.fewshot.prompts.UNLABELLED`); returns the loss of every step."""
         config = self.config
-        set_determinism(seed=config.seed)
         images = cine_frames(cine[..., list(frames)], config.size)
         target = torch.as_tensor(np.ascontiguousarray(label[..., list(frames)])).permute(2, 0, 1)[:, None].float()
         if (target == UNLABELLED).any():
@@ -180,19 +180,31 @@ class FewShotAdapter:
         self.augment.set_random_state(seed=config.seed)
         self.network.train()
         losses = []
-        for _ in range(config.steps):
-            picks = generator.integers(0, len(frames), config.batch)
-            items = [self.augment({"image": images[i], "label": target[i]}) for i in picks]
-            batch = torch.stack([torch.as_tensor(item["image"]) for item in items])
-            truth = torch.stack([torch.as_tensor(item["label"]) for item in items]).round()
-            loss = loss_function(self.network.network(batch), truth)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.detach().item())
-        set_determinism(seed=None)
+        with torch.random.fork_rng():  # stochastic depth draws from torch's generator: seeded here, restored after
+            torch.manual_seed(config.seed)
+            for _ in range(config.steps):
+                losses.append(self._step(images, target, generator, loss_function, optimizer))
+                schedule.step()
         return losses
+
+    def _step(
+        self,
+        images: torch.Tensor,
+        target: torch.Tensor,
+        generator: np.random.Generator,
+        loss_function: DiceCELoss,
+        optimizer: torch.optim.Optimizer,
+    ) -> float:
+        """One optimiser step on ``batch`` augmented copies of randomly drawn labelled frames; returns the loss."""
+        picks = generator.integers(0, len(images), self.config.batch)
+        items = [self.augment({"image": images[i], "label": target[i]}) for i in picks]
+        batch = torch.stack([torch.as_tensor(item["image"]) for item in items])
+        truth = torch.stack([torch.as_tensor(item["label"]) for item in items]).round()
+        loss = loss_function(self.network.network(batch), truth)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach().item()
 
     @torch.no_grad()
     def predict(self, cine: torch.Tensor, temporal_sigma: float | None = None, chunk: int = 8) -> np.ndarray:
