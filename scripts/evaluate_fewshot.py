@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vivim_monai.data import discover_cases, load_cine, load_label_cine
-from vivim_monai.fewshot.evaluation import EVALUATED_METHODS, evaluate_case, report_markdown
+from vivim_monai.fewshot.evaluation import EVALUATED_METHODS, evaluate_case, per_cine_markdown, report_markdown
 from vivim_monai.networks import LiteMedSAM
 from vivim_monai.utils import atomic_write
 
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         for entry in entries:
             if args.report_only:
                 folder = output / name / entry["case_id"].replace("/", "_")
-                found += [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+                done = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+                found += sorted(done, key=lambda r: EVALUATED_METHODS.index(r["method"]))
                 continue
             cine = load_cine([root / p for p in entry["image"]])
             truth = load_label_cine([root / p for p in entry["label"]], entry.get("label_format", "binary"))
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         records[name] = found
     report = report_markdown(records)
+    for name, found in records.items():
+        if found:
+            report += f"\n### {name}: Dice per cine\n\n" + per_cine_markdown(found)
     atomic_write(output / "report.md", lambda path: Path(path).write_text(report))
     print(report)
     return 0

@@ -199,3 +199,23 @@ def report_markdown(records_by_dataset: dict[str, Sequence[dict[str, Any]]]) -> 
                 f"{cell(s['jaccard_empty_as_one'])} | {cell(s['hd95'], 1)} | {minimum} | {lost} | {seconds} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def per_cine_markdown(records: Sequence[dict[str, Any]]) -> str:
+    """Dice of every cine (rows) under every method (columns), lost frames in brackets where a track stopped."""
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    cines = list(dict.fromkeys(r["case_id"] for r in records))
+    found = {(r["case_id"], r["method"]): r for r in records}
+    lines = ["| cine | frames | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for cine in cines:
+        cells = []
+        for method in methods:
+            record = found.get((cine, method))
+            if record is None or record["dice"] is None:
+                cells.append("–")
+                continue
+            lost = len(record.get("lost_frames", []))
+            cells.append(f"{record['dice']:.3f}" + (f" ({lost} lost)" if lost else ""))
+        frames = max(len(r["frames"]) + 1 for r in records if r["case_id"] == cine)
+        lines.append(f"| {cine} | {frames} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
