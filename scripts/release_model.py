@@ -119,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="what the model was trained on (for the manifest)")
     parser.add_argument("--licence", required=True, help="licence of the training data")
     parser.add_argument("--command", required=True, help="the command that reproduces the training")
+    parser.add_argument("--scope", required=True, help="what it segments, in which images (scanner, view, patients)")
+    parser.add_argument(
+        "--unseen-evidence",
+        required=True,
+        type=json.loads,
+        help='JSON: {"description": "... held out from the developers ...", "cases": N, "frames": N, '
+        '"dice_foreground": x} measured on data the model never saw',
+    )
+    parser.add_argument("--known-failures", required=True, help="where it is not known to work")
     parser.add_argument("--bundle", type=Path, help="bundle folder (default: the checkout's bundle/)")
     args = parser.parse_args(argv)
     if not args.name.isidentifier():
@@ -143,11 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         "storage": "float16",
         "parameters": parameters,
         "classes": overlay["class_names"],
+        "scope": args.scope,
         "training_data": args.data,
         "data_licence": args.licence,
         "command": args.command,
         "data_folder": args.data_root.resolve().name,
         "layout": args.layout,
+        "unseen_data_evidence": args.unseen_evidence,
+        "known_failures": args.known_failures,
     }
     write_manifest(manifest_path, manifest)
     with tempfile.TemporaryDirectory() as work:
