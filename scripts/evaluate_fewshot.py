@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 
 from vivim_monai.data import discover_cases, load_cine, load_label_cine
-from vivim_monai.fewshot.evaluation import EVALUATED_METHODS, evaluate_case, per_cine_markdown, report_markdown
+from vivim_monai.fewshot.evaluation import (
+    EVALUATED_METHODS,
+    auto_records,
+    evaluate_case,
+    per_cine_markdown,
+    report_markdown,
+)
 from vivim_monai.networks import LiteMedSAM
 from vivim_monai.utils import atomic_write
 
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             found += evaluate_case(
                 entry["case_id"], cine, truth.numpy()[0], output / name, args.methods, temporal, medsam=medsam
             )
-        records[name] = found
+        records[name] = found + auto_records(found)
     report = report_markdown(records)
     for name, found in records.items():
         if found:

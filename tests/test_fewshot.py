@@ -402,3 +402,39 @@ def test_adaptation_is_reproducible_and_leaves_the_global_generators_alone():
     assert torch.rand(1) == before, "adapting must not move torch's global generator"
     first, second = (run.predict(cine) for run in runs)
     np.testing.assert_array_equal(first, second)
+
+
+def test_auto_tracks_from_labels_only_where_litemedsam_reproduces_them():
+    cine, truth = disk_cine()
+    label = np.full_like(truth, UNLABELLED)
+    label[..., 4] = truth[..., 4]
+    sam = BrightRegionSAM()  # its mask of the disk's box is the disk: agreement 1.0
+    result = segment_with_prompts(cine, label=label, config=AdaptConfig(size=64, steps=2), medsam=sam)
+    assert result.method == "track+adapt" and "auto: LiteMedSAM reproduces the labelled frames at Dice 1.000" in (
+        result.events[0]
+    )
+    dark = np.full_like(truth, UNLABELLED)
+    dark[..., 4] = 0
+    dark[50:60, 60:75, 4] = 1  # a patch of background: the stand-in finds nothing bright there
+    result = segment_with_prompts(cine, label=dark, config=AdaptConfig(size=64, steps=2), medsam=sam)
+    assert result.method == "adapt" and "Dice 0.000 (< 0.8): adaptation on the labelled frames alone" in (
+        result.events[0]
+    )
+
+
+def test_auto_records_pick_the_tracked_run_where_the_labels_were_reproduced():
+    from vivim_monai.fewshot.evaluation import auto_records
+
+    def record(case, method, dice, agreement=None):
+        return {"case_id": case, "method": method, "dice": dice, "label_agreement": agreement, "frames": [0]}
+
+    records = [
+        record("a", "k1", 0.5, 0.9),
+        record("a", "k1+track", 0.7, 0.9),
+        record("b", "k1", 0.9, 0.6),
+        record("b", "k1+track", 0.1, 0.6),
+        record("c", "k1", 0.8, 0.95),  # no tracked run: auto's result is unknown, no row
+        record("a", "k1+time", 0.55, 0.9),
+    ]
+    chosen = {(r["case_id"], r["method"], r["auto_chose"], r["dice"]) for r in auto_records(records)}
+    assert chosen == {("a", "k1 auto", "k1+track", 0.7), ("b", "k1 auto", "k1", 0.9)}

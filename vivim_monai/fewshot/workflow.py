@@ -10,8 +10,8 @@ Methods (``method``):
   labelled frames plus up to ``pseudo_frames`` tracked frames spread over the cine (the tracker's masks as
   pseudo-labels: the cine's unlabelled frames through time), and segment every frame with the adapted network,
   which also covers the frames where tracking was lost.
-- ``"auto"``: ``"adapt"`` when a partial label is given, else ``"track+adapt"`` (one box: better than tracking
-  alone on every temporal developer cine evaluated, model card *Your own cine*).
+- ``"auto"``: a box alone goes through ``"track+adapt"``; with a partial label, ``"track+adapt"`` when LiteMedSAM
+  reproduces the labelled structures (:data:`TRUST_TRACKER_DICE`), else ``"adapt"`` (model card, *Your own cine*).
 
 :class:`PromptedCineWorkflow` is what ``bundle/configs/adapt.json`` runs (``python -m monai.bundle run``).
 """
@@ -45,9 +45,22 @@ from vivim_monai.io.case import case_id_for
 from vivim_monai.networks import LiteMedSAM
 from vivim_monai.utils import atomic_write
 
-__all__ = ["METHODS", "PromptedCineWorkflow", "PromptedResult", "label_boxes", "segment_with_prompts", "spread_frames"]
+__all__ = [
+    "METHODS",
+    "PromptedCineWorkflow",
+    "PromptedResult",
+    "label_agreement",
+    "label_boxes",
+    "segment_with_prompts",
+    "spread_frames",
+]
 
 METHODS = ("auto", "track", "adapt", "track+adapt")
+#: ``"auto"`` with a partial label tracks from it only when LiteMedSAM's masks for the boxes of the labelled
+#: structures reach this Dice with the labels themselves (model card, *Your own cine*: on the developer cines it
+#: separates the VTUS video, where the tracker's pseudo-labels add +0.25 Dice at k = 1, from the carotid lumen, which
+#: LiteMedSAM undersegments and where they cost Dice).
+TRUST_TRACKER_DICE = 0.8
 
 
 @dataclass
@@ -96,6 +109,17 @@ def label_boxes(label: np.ndarray, frames: Sequence[int]) -> list[BoxPrompt]:
         for cls in np.unique(label[..., frame])
         if 0 < cls < UNLABELLED
     ]
+
+
+def label_agreement(embeddings: FrameEmbeddings, label: np.ndarray, frames: Sequence[int]) -> float:
+    """The lowest Dice between LiteMedSAM's mask for the box of a labelled structure and the label itself, over the
+    labelled frames and classes (1.0 when no labelled frame holds foreground)."""
+    scores = []
+    for prompt in label_boxes(label, frames):
+        mask = embeddings.segment(prompt.frame, prompt.box)[0] > 0
+        truth = label[..., prompt.frame] == prompt.label
+        scores.append(2 * np.logical_and(mask, truth).sum() / max(1, mask.sum() + truth.sum()))
+    return float(min(scores, default=1.0))
 
 
 def _box_labels(
@@ -155,12 +179,6 @@ def segment_with_prompts(
         raise PromptError(f"{source}: labelled frames given without a label volume")
     if not prompts and partial is None:
         raise PromptError(f"{source}: give at least one box or a label on at least one frame")
-    if method == "auto":
-        method = "adapt" if partial is not None else "track+adapt"
-    if method == "track+adapt" and partial is not None:  # the labelled frames prompt the tracker too
-        prompts = prompts + label_boxes(partial, frames)
-    if method in ("track", "track+adapt") and not prompts:
-        raise PromptError(f"{source}: method {method!r} needs a box prompt (or, for track+adapt, a label)")
     given = [p.label for p in prompts] + ([int(partial[..., frames].max())] if partial is not None else [])
     classes = num_classes if num_classes is not None else max(2, max(given) + 1)
     if max(given) >= classes:
@@ -168,8 +186,23 @@ def segment_with_prompts(
     began = time.perf_counter()
     seconds: dict[str, float] = {}
     events: list[str] = []
-    if embeddings is None and prompts:
+    if embeddings is None and (prompts or (partial is not None and method in ("auto", "track+adapt"))):
         embeddings = FrameEmbeddings(medsam or LiteMedSAM().eval(), cine)
+    if method == "auto" and partial is not None:
+        # the tracker's masks are worth learning from only where LiteMedSAM reproduces the user's own labels
+        agreement = label_agreement(embeddings, partial, frames)  # type: ignore[arg-type]
+        method = "track+adapt" if agreement >= TRUST_TRACKER_DICE else "adapt"
+        use = "its tracks add pseudo-labels" if method == "track+adapt" else "adaptation on the labelled frames alone"
+        events.append(
+            f"auto: LiteMedSAM reproduces the labelled frames at Dice {agreement:.3f} "
+            f"({'>=' if method == 'track+adapt' else '<'} {TRUST_TRACKER_DICE:g}): {use}"
+        )
+    elif method == "auto":
+        method = "track+adapt"
+    if method == "track+adapt" and partial is not None:  # the labelled frames prompt the tracker too
+        prompts = prompts + label_boxes(partial, frames)
+    if method in ("track", "track+adapt") and not prompts:
+        raise PromptError(f"{source}: method {method!r} needs a box prompt (or, for track+adapt, a label)")
     status = ["segmented"] * shape[2]
     tracked = None
     if method in ("track", "track+adapt"):
