@@ -43,3 +43,4 @@ def test_main_job_trains_evaluates_and_writes_outputs(tmp_path, capsys):
     tracked = [t for t, s in enumerate(report["status"]) if s == "tracked"]
     assert all((label[..., t] == 1).any() for t in tracked)
     assert set(result["seconds"]) == {"train", "evaluate", "inference", "box"}
+    assert "real echo left ventricle from one box on frame 0: {'prompted': 1, 'tracked': 29}" in printed

@@ -123,6 +123,13 @@ def main(argv: list[str] | None = None) -> dict:
     print("\nDice per class (validation fold, per-frame mean): " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
     print(f"weights   started from: {start}")
     print(f"          trained on phantom fold 0 ({args.epochs} epochs): {root / 'models' / 'model.pt'}")
+    report = json.loads(
+        (root / "outputs" / "prompted" / "examples_ybr_color" / "examples_ybr_color_prompts.json").read_text()
+    )
+    print(
+        f"real echo left ventricle from one box on frame {ECHO_BOX[0]}: {report['status_counts']} of "
+        f"{report['frames']} frames (per-frame status and any track stop in examples_ybr_color_prompts.json)"
+    )
     print(f"outputs   {root / 'outputs'}")
     for path in sorted((root / "outputs").rglob("*")):
         if path.is_file():
