@@ -313,7 +313,11 @@ def test_workflow_writes_outputs_and_bad_input_writes_nothing(tmp_path):
     )
     report = json.loads((folder / "cine_prompts.json").read_text())
     assert report == json.loads(json.dumps(reports[0]))
-    assert report["trained_frames"] == [3] and report["status_counts"] == {"segmented": 9, "labelled": 1}
+    # auto: LiteMedSAM's tracks from the labelled frame cross this clear cine, so tracked frames join as labels
+    trained = report["trained_frames"]
+    assert 3 in trained and len(trained) > 1 and report["track_lost_frames"] == []
+    assert report["status_counts"] == {"segmented": 10 - len(trained), "labelled": len(trained)}
+    assert report["events"][-1].startswith("auto: the tracks from the labelled frames reach 100% of the frames")
     written = nib.load(folder / "cine_seg.nii.gz").get_fdata().astype(np.uint8)
     assert score_frames(written, truth, [t for t in range(T) if t != 3])["dice"] > 0.8
     assert not list(tmp_path.rglob("*.tmp*"))
@@ -404,37 +408,37 @@ def test_adaptation_is_reproducible_and_leaves_the_global_generators_alone():
     np.testing.assert_array_equal(first, second)
 
 
-def test_auto_tracks_from_labels_only_where_litemedsam_reproduces_them():
+def test_auto_learns_from_tracks_only_where_they_cross_the_cine():
     cine, truth = disk_cine()
     label = np.full_like(truth, UNLABELLED)
     label[..., 4] = truth[..., 4]
-    sam = BrightRegionSAM()  # its mask of the disk's box is the disk: agreement 1.0
+    sam = BrightRegionSAM()
     result = segment_with_prompts(cine, label=label, config=AdaptConfig(size=64, steps=2), medsam=sam)
-    assert result.method == "track+adapt" and "auto: LiteMedSAM reproduces the labelled frames at Dice 1.000" in (
-        result.events[0]
-    )
-    dark = np.full_like(truth, UNLABELLED)
-    dark[..., 4] = 0
-    dark[50:60, 60:75, 4] = 1  # a patch of background: the stand-in finds nothing bright there
-    result = segment_with_prompts(cine, label=dark, config=AdaptConfig(size=64, steps=2), medsam=sam)
-    assert result.method == "adapt" and "Dice 0.000 (< 0.8): adaptation on the labelled frames alone" in (
-        result.events[0]
-    )
+    assert result.method == "track+adapt" and result.lost == []
+    assert "auto: the tracks from the labelled frames reach 100% of the frames (>= 90%)" in result.events[0]
+    assert len(result.trained_frames) > 1
+    gone, gone_truth = disk_cine(vanish_from=6)  # the disk leaves after frame 5: tracks stop there
+    label = np.full_like(gone_truth, UNLABELLED)
+    label[..., 4] = gone_truth[..., 4]
+    result = segment_with_prompts(gone, label=label, config=AdaptConfig(size=64, steps=2), medsam=sam)
+    assert result.method == "adapt" and result.trained_frames == [4] and result.lost == [6, 7, 8, 9]
+    assert "reach 60% of the frames (< 90%): adaptation on the labelled frames alone" in result.events[-1]
 
 
-def test_auto_records_pick_the_tracked_run_where_the_labels_were_reproduced():
+def test_auto_records_pick_the_tracked_run_where_the_tracks_crossed_the_cine():
     from vivim_monai.fewshot.evaluation import auto_records
 
-    def record(case, method, dice, agreement=None):
-        return {"case_id": case, "method": method, "dice": dice, "label_agreement": agreement, "frames": [0]}
+    def record(case, method, dice, lost=None):
+        out = {"case_id": case, "method": method, "dice": dice, "frames": list(range(9)), "labelled": [9]}
+        return out if lost is None else {**out, "track_lost_frames": lost}
 
     records = [
-        record("a", "k1", 0.5, 0.9),
-        record("a", "k1+track", 0.7, 0.9),
-        record("b", "k1", 0.9, 0.6),
-        record("b", "k1+track", 0.1, 0.6),
-        record("c", "k1", 0.8, 0.95),  # no tracked run: auto's result is unknown, no row
-        record("a", "k1+time", 0.55, 0.9),
+        record("a", "k1", 0.5),
+        record("a", "k1+track", 0.7, lost=[0]),  # 90 % reached
+        record("b", "k1", 0.9),
+        record("b", "k1+track", 0.1, lost=[0, 1]),  # 80 %
+        record("c", "k1", 0.8),  # no tracked run: auto's result is unknown, no row
+        record("a", "k1+time", 0.55),
     ]
     chosen = {(r["case_id"], r["method"], r["auto_chose"], r["dice"]) for r in auto_records(records)}
     assert chosen == {("a", "k1 auto", "k1+track", 0.7), ("b", "k1 auto", "k1", 0.9)}

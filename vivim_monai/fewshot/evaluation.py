@@ -21,7 +21,8 @@ import torch
 from vivim_monai.fewshot.adapt import AdaptConfig
 from vivim_monai.fewshot.prompts import UNLABELLED, BoxPrompt, box_of_mask
 from vivim_monai.fewshot.tracking import FrameEmbeddings
-from vivim_monai.fewshot.workflow import TRUST_TRACKER_DICE, label_agreement, segment_with_prompts
+from vivim_monai.fewshot.tracking import track_boxes
+from vivim_monai.fewshot.workflow import TRUST_TRACK_REACH, label_boxes, segment_with_prompts
 from vivim_monai.metrics.segmentation import per_frame_metrics
 from vivim_monai.networks import LiteMedSAM
 from vivim_monai.utils import atomic_write
@@ -142,15 +143,15 @@ def evaluate_case(
         result = segment_with_prompts(
             cine, label=label, method=way, config=config, source=case_id, embeddings=embeddings
         )
-        agreement = label_agreement(embeddings, label, frames)
-        extra = {"labelled": frames, "seconds_parts": result.seconds, "label_agreement": agreement}
+        extra = {"labelled": frames, "seconds_parts": result.seconds}
+        if way == "track+adapt":
+            extra["track_lost_frames"] = result.lost
         save(method, started, result.labels, scored, extra)
         if way == "adapt" and f"{method}+time" in methods and temporal:  # the same network, predictions smoothed
             again = time.perf_counter()
             probabilities = result.adapter.predict(cine, temporal_sigma=temporal_sigma)  # type: ignore[union-attr]
             parts = {**result.seconds, "temporal_predict": time.perf_counter() - again}
             extra = {"labelled": frames, "seconds_parts": parts, "temporal_sigma": temporal_sigma}
-            extra["label_agreement"] = agreement
             save(f"{method}+time", started, probabilities.argmax(0).astype(np.uint8), scored, extra)
 
     for method in methods:
@@ -162,27 +163,30 @@ def evaluate_case(
             # earlier, killed run: then both are made again
             run(method[: -len("+time")] if method.endswith("+time") else method)
         record = json.loads(path.read_text())
-        if method.startswith("k") and "label_agreement" not in record:  # a record of an earlier version
+        if method.endswith("+track") and "track_lost_frames" not in record:  # a record of an earlier version
             label = np.full_like(truth, UNLABELLED)
             label[..., record["labelled"]] = truth[..., record["labelled"]]
-            record["label_agreement"] = label_agreement(embeddings, label, record["labelled"])
+            tracked = track_boxes(cine, label_boxes(label, record["labelled"]), embeddings=embeddings)
+            record["track_lost_frames"] = tracked.frames_with("lost")
             atomic_write(path, lambda name: Path(name).write_text(json.dumps(record, indent=1)))
         results.append(record)
     return results
 
 
 def auto_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What ``method="auto"`` does with a partial label, per cine and k: the ``k<k>+track`` record where LiteMedSAM
-    reproduced the labelled frames (``label_agreement >= TRUST_TRACKER_DICE``), else the ``k<k>`` one."""
+    """What ``method="auto"`` does with a partial label, per cine and k: the ``k<k>+track`` record where the tracks
+    from the labelled frames reached ``TRUST_TRACK_REACH`` of the frames, else the ``k<k>`` one (cines without a
+    ``k<k>+track`` record are left out: auto's result there is not known)."""
     found = {(r["case_id"], r["method"]): r for r in records}
     out = []
     for (case, method), record in found.items():
         if not (method.startswith("k") and method[1:].isdigit()):
             continue
         tracked = found.get((case, f"{method}+track"))
-        trust = record.get("label_agreement", 0.0) >= TRUST_TRACKER_DICE
-        if trust and tracked is None:
-            continue  # the tracked run is missing: auto's result is not known
+        if tracked is None or "track_lost_frames" not in tracked:
+            continue
+        count = len(tracked["frames"]) + len(tracked["labelled"])
+        trust = 1 - len(tracked["track_lost_frames"]) / count >= TRUST_TRACK_REACH
         chosen = tracked if trust else record
         out.append({**chosen, "method": f"{method} auto", "auto_chose": chosen["method"]})
     return out
