@@ -247,7 +247,7 @@ def test_adaptation_from_two_labelled_frames_segments_the_others():
     cine, truth = disk_cine()
     label = np.full_like(truth, UNLABELLED)
     label[..., [1, 8]] = truth[..., [1, 8]]
-    result = segment_with_prompts(cine, label=label, config=TINY)
+    result = segment_with_prompts(cine, label=label, config=TINY, method="adapt")
     assert result.method == "adapt" and result.trained_frames == [1, 8]
     assert result.status[1] == "labelled" and result.status[4] == "segmented"
     others = [t for t in range(T) if t not in (1, 8)]
@@ -258,7 +258,7 @@ def test_adaptation_learns_two_classes():
     cine, truth = disk_cine(second=True)
     label = np.full_like(truth, UNLABELLED)
     label[..., [2, 7]] = truth[..., [2, 7]]
-    result = segment_with_prompts(cine, label=label, config=TINY, num_classes=3)
+    result = segment_with_prompts(cine, label=label, config=TINY, num_classes=3, method="adapt")
     others = [t for t in range(T) if t not in (2, 7)]
     for cls in (1, 2):
         pred, true = (result.labels == cls).astype(np.uint8), (truth == cls).astype(np.uint8)
@@ -336,7 +336,7 @@ def test_adapt_json_runs_from_the_bundle_command_line(tmp_path):
     command = bundle_command(REPO_ROOT / "bundle", ["adapt.json"], overrides)
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "cine: adapt, 10 frames" in run.stdout
+    assert "cine: track+adapt, 10 frames" in run.stdout  # auto: the tracks from the labelled frame cross the cine
     written = nib.load(tmp_path / "out" / "cine" / "cine_seg.nii.gz").get_fdata().astype(np.uint8)
     assert score_frames(written, truth, [t for t in range(T) if t != 6])["dice"] > 0.8
     bad = {**overrides, "labels": None, "boxes": [[12, 10, 10, 30, 30]], "output_dir": str(tmp_path / "bad")}
@@ -402,7 +402,7 @@ def test_adaptation_is_reproducible_and_leaves_the_global_generators_alone():
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    runs = [segment_with_prompts(cine, label=label, config=recipe).adapter for _ in range(2)]
+    runs = [segment_with_prompts(cine, label=label, config=recipe, method="adapt").adapter for _ in range(2)]
     assert torch.rand(1) == before, "adapting must not move torch's global generator"
     first, second = (run.predict(cine) for run in runs)
     np.testing.assert_array_equal(first, second)
