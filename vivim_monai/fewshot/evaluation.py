@@ -245,6 +245,6 @@ def per_cine_markdown(records: Sequence[dict[str, Any]]) -> str:
                 continue
             lost = len(record.get("lost_frames", []))
             cells.append(f"{record['dice']:.3f}" + (f" ({lost} lost)" if lost else ""))
-        frames = max(len(r["frames"]) + 1 for r in records if r["case_id"] == cine)
+        frames = max(len(r["frames"]) + len(r.get("labelled", [0])) for r in records if r["case_id"] == cine)
         lines.append(f"| {cine} | {frames} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
