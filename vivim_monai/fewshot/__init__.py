@@ -12,7 +12,7 @@ from vivim_monai.fewshot.prompts import (
     parse_boxes,
     partial_label,
 )
-from vivim_monai.fewshot.tracking import DriftLimits, FrameEmbeddings, TrackResult, track_boxes, track_status_counts
+from vivim_monai.fewshot.tracking import DriftLimits, FrameEmbeddings, TrackResult, track_boxes
 
 __all__ = [
     "UNLABELLED",
@@ -32,5 +32,4 @@ __all__ = [
     "partial_label",
     "released_start",
     "track_boxes",
-    "track_status_counts",
 ]

@@ -24,7 +24,7 @@ from vivim_monai.fewshot.prompts import BoxPrompt, box_of_mask, check_boxes
 from vivim_monai.networks import LiteMedSAM
 from vivim_monai.networks.nets.lite_medsam import native_bf16
 
-__all__ = ["DriftLimits", "FrameEmbeddings", "TrackResult", "track_boxes", "track_status_counts"]
+__all__ = ["DriftLimits", "FrameEmbeddings", "TrackResult", "track_boxes"]
 
 #: Per-frame status of a tracked cine.
 STATUSES = ("prompted", "tracked", "lost")
@@ -132,10 +132,6 @@ class TrackResult:
 
     def frames_with(self, *statuses: str) -> list[int]:
         return [t for t, s in enumerate(self.status) if s in statuses]
-
-
-def track_status_counts(status: Sequence[str]) -> dict[str, int]:
-    return {name: sum(s == name for s in status) for name in STATUSES}
 
 
 def _track_one(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -79,9 +80,7 @@ class PromptedResult:
     lost: list[int] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
-        counts: dict[str, int] = {}
-        for s in self.status:
-            counts[s] = counts.get(s, 0) + 1
+        counts = dict(Counter(self.status))
         return {
             "method": self.method,
             "frames": len(self.status),
@@ -180,7 +179,8 @@ def segment_with_prompts(
     gated = method == "auto" and partial is not None
     method = "track+adapt" if method == "auto" else method
     if method == "track+adapt" and partial is not None:  # the labelled frames prompt the tracker too
-        prompts = prompts + label_boxes(partial, frames)
+        from_labels = label_boxes(partial, frames)
+        prompts = prompts + from_labels
     if method in ("track", "track+adapt") and not prompts:
         raise PromptError(f"{source}: method {method!r} needs a box prompt (or, for track+adapt, a label)")
     if embeddings is None and prompts:
@@ -206,7 +206,7 @@ def segment_with_prompts(
         )
         if not trusted:
             method, tracked = "adapt", None
-            prompts = [p for p in prompts if p not in label_boxes(partial, frames)]  # type: ignore[arg-type]
+            prompts = [p for p in prompts if p not in from_labels]
     train = np.full(shape, UNLABELLED, np.uint8)  # type: ignore[arg-type]
     chosen: set[int] = set()
     if tracked is not None:
