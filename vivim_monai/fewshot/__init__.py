@@ -12,6 +12,7 @@ from vivim_monai.fewshot.prompts import (
     parse_boxes,
     partial_label,
 )
+from vivim_monai.fewshot.temporal import TemporalFewShotAdapter
 from vivim_monai.fewshot.tracking import DriftLimits, FrameEmbeddings, TrackResult, track_boxes
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "FewShotAdapter",
     "FrameEmbeddings",
     "PromptError",
+    "TemporalFewShotAdapter",
     "TrackResult",
     "box_of_mask",
     "check_boxes",

@@ -42,7 +42,7 @@ from vivim_monai.networks import FrameWise
 from vivim_monai.networks.weights import checkpoint_state, load_state, read_checkpoint, upgrade_legacy_keys
 from vivim_monai.utils import atomic_write
 
-__all__ = ["AdaptConfig", "AdaptResult", "FewShotAdapter", "cine_frames", "released_start"]
+__all__ = ["AdaptConfig", "AdaptResult", "FewShotAdapter", "cine_frames", "released_start", "smooth_in_time"]
 
 #: ImageNet-style scaling of the bundle's configs: intensities / 255, then (x - 0.498) / 0.502 per channel.
 CHANNEL_MEAN, CHANNEL_STD = 0.4980392156862745, 0.5019607843137255
@@ -62,6 +62,12 @@ class AdaptConfig:
     shift: float = 0.10
     temporal_sigma: float = 0.0
     seed: int = 0
+    #: > 0: then train a TemporalFlexibleUNet started from the adapted weights (vivim_monai.fewshot.temporal)
+    temporal_steps: int = 0
+    clip_frames: int = 5
+    temporal_learning_rate: float = 1e-3
+    #: the per-frame weights' learning rate in the temporal stage, as a fraction of temporal_learning_rate
+    temporal_base_ratio: float = 0.1
 
 
 @dataclass
@@ -88,6 +94,13 @@ def cine_frames(cine: torch.Tensor, size: int, channels: int = 3) -> torch.Tenso
         frames = frames[:, :3].mean(1, keepdim=True).expand(-1, channels, -1, -1)
     frames = (frames - CHANNEL_MEAN) / CHANNEL_STD
     return F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def smooth_in_time(probabilities: np.ndarray, sigma: float) -> np.ndarray:
+    """``(K, H, W, T)`` probabilities smoothed along time by a Gaussian of ``sigma`` frames (unchanged at 0)."""
+    if sigma <= 0 or probabilities.shape[-1] < 2:
+        return probabilities
+    return gaussian_filter1d(probabilities, sigma, axis=-1, mode="nearest")
 
 
 def released_start(name: str, bundle: str | os.PathLike | None = None) -> Path:
@@ -218,9 +231,7 @@ class FewShotAdapter:
             probabilities = torch.softmax(self.network.network(frames), dim=1)
             probabilities = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)
             out[..., start : start + chunk] = probabilities.permute(1, 2, 3, 0).numpy()
-        if sigma > 0 and count > 1:
-            out = gaussian_filter1d(out, sigma, axis=-1, mode="nearest")
-        return out
+        return smooth_in_time(out, sigma)
 
     def adapt(self, cine: torch.Tensor, label: np.ndarray, frames: Sequence[int]) -> AdaptResult:
         """:meth:`fit` then :meth:`predict`, timed."""

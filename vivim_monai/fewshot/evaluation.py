@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +21,7 @@ import torch
 
 from vivim_monai.fewshot.adapt import AdaptConfig
 from vivim_monai.fewshot.prompts import UNLABELLED, BoxPrompt, box_of_mask
+from vivim_monai.fewshot.temporal import TEMPORAL_STEPS
 from vivim_monai.fewshot.tracking import FrameEmbeddings, track_boxes
 from vivim_monai.fewshot.workflow import TRUST_TRACK_REACH, label_boxes, segment_with_prompts
 from vivim_monai.metrics.segmentation import per_frame_metrics
@@ -37,7 +39,7 @@ __all__ = [
 
 #: Method names of the protocol: box paths (``box:<method>``) and k-shot adaptation (``k<k>``; with temporal
 #: smoothing of the predictions, ``k<k>+time``; with the tracker's masks of unlabelled frames as pseudo-labels,
-#: ``k<k>+track``).
+#: ``k<k>+track``; followed by a TemporalFlexibleUNet started from the adapted weights, ``k<k>+temporalnet``).
 EVALUATED_METHODS = (
     "box:track",
     "box:adapt",
@@ -50,6 +52,8 @@ EVALUATED_METHODS = (
     "k5+time",
     "k1+track",
     "k3+track",
+    "k1+temporalnet",
+    "k3+temporalnet",
 )
 
 
@@ -139,14 +143,15 @@ def evaluate_case(
         label = np.full_like(truth, UNLABELLED)
         label[..., frames] = truth[..., frames]
         way = "track+adapt" if method.endswith("+track") else "adapt"
+        recipe = replace(config, temporal_steps=TEMPORAL_STEPS) if method.endswith("+temporalnet") else config
         result = segment_with_prompts(
-            cine, label=label, method=way, config=config, source=case_id, embeddings=embeddings
+            cine, label=label, method=way, config=recipe, source=case_id, embeddings=embeddings
         )
         extra = {"labelled": frames, "seconds_parts": result.seconds}
         if way == "track+adapt":
             extra["track_lost_frames"] = result.lost
         save(method, started, result.labels, scored, extra)
-        if way == "adapt" and f"{method}+time" in methods and temporal:  # the same network, predictions smoothed
+        if method == f"k{k}" and f"{method}+time" in methods and temporal:  # the same network, predictions smoothed
             again = time.perf_counter()
             probabilities = result.adapter.predict(cine, temporal_sigma=temporal_sigma)  # type: ignore[union-attr]
             parts = {**result.seconds, "temporal_predict": time.perf_counter() - again}
@@ -154,7 +159,10 @@ def evaluate_case(
             save(f"{method}+time", started, probabilities.argmax(0).astype(np.uint8), scored, extra)
 
     for method in methods:
-        if not temporal and (method in ("box:track", "box:track+adapt") or method.endswith(("+time", "+track"))):
+        time_ordered = method in ("box:track", "box:track+adapt") or method.endswith(
+            ("+time", "+track", "+temporalnet")
+        )
+        if not temporal and time_ordered:
             continue
         path = folder / f"{method.replace(':', '_')}.json"
         if not path.is_file():

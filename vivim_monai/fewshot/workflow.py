@@ -5,7 +5,9 @@ Methods (``method``):
 - ``"track"``: :func:`~vivim_monai.fewshot.tracking.track_boxes` (boxes only); frames past a lost track stay
   background and are listed in the report.
 - ``"adapt"``: :class:`~vivim_monai.fewshot.adapt.FewShotAdapter` on the labelled frames; a box adds its frame,
-  labelled with LiteMedSAM's mask for the box (so one box alone is "box -> adaptation").
+  labelled with LiteMedSAM's mask for the box (so one box alone is "box -> adaptation"). With
+  ``config.temporal_steps`` > 0 the adapted weights then start a ``TemporalFlexibleUNet``
+  (:class:`~vivim_monai.fewshot.temporal.TemporalFewShotAdapter`), for every method that adapts.
 - ``"track+adapt"``: track the boxes (and the boxes of the labelled frames' masks), then adapt on the boxed and
   labelled frames plus up to ``pseudo_frames`` tracked frames spread over the cine (the tracker's masks as
   pseudo-labels: the cine's unlabelled frames through time), and segment every frame with the adapted network,
@@ -41,6 +43,7 @@ from vivim_monai.fewshot.prompts import (
     parse_boxes,
     partial_label,
 )
+from vivim_monai.fewshot.temporal import TemporalFewShotAdapter
 from vivim_monai.fewshot.tracking import DriftLimits, FrameEmbeddings, track_boxes
 from vivim_monai.io import write_case_outputs
 from vivim_monai.io.case import case_id_for
@@ -226,7 +229,8 @@ def segment_with_prompts(
         train[..., frames] = partial[..., frames]
         chosen |= set(frames)
     train, trained = partial_label(train, shape, sorted(chosen), classes, source=f"{source} training frames")
-    adapter = FewShotAdapter(classes, start, config, bundle)
+    network = TemporalFewShotAdapter if config.temporal_steps > 0 else FewShotAdapter
+    adapter = network(classes, start, config, bundle)
     result = adapter.adapt(cine, train, trained)
     seconds.update({f"adapt_{k}": v for k, v in result.seconds.items()})
     seconds["total"] = time.perf_counter() - began

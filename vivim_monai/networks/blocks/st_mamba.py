@@ -207,6 +207,14 @@ class STMambaLayer(nn.Module):
         nn.init.zeros_(self.mlp.fc1.bias)
         nn.init.zeros_(self.mlp.fc2.bias)
 
+    @torch.no_grad()
+    def zero_residuals_(self) -> None:
+        """Zero both residual branches' output projections: the layer becomes the identity and still learns (the
+        projections get gradients; everything before them does from the first step that moves them)."""
+        nn.init.zeros_(self.mamba.out_proj.weight)
+        nn.init.zeros_(self.mlp.fc2.weight)
+        nn.init.zeros_(self.mlp.fc2.bias)
+
     def forward(self, x: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
         """x: (B, T*h*w, C) tokens in (t, h, w) order."""
         x = x + self.drop_path(self.mamba(self.norm1(x), num_frames, height, width))

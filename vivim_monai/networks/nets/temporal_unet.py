@@ -15,7 +15,7 @@ works, ResNets included); the decoder sees the temporally mixed maps through eve
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -92,6 +92,17 @@ class TemporalFlexibleUNet(nn.Module):
             dt_init=dt_init,
             scan_backend=scan_backend,
         )
+
+    def load_per_frame(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Start from a per-frame ``FrameWise(FlexibleUNet)`` state dict and compute exactly what it computes: its
+        weights load into ``network.*`` and every ST-Mamba layer's residual branches start at zero (identity)."""
+        result = self.load_state_dict(dict(state), strict=False)
+        foreign = [k for k in result.missing_keys if not k.startswith("temporal.")] + list(result.unexpected_keys)
+        if foreign:
+            raise ValueError(f"not a per-frame FlexibleUNet state of this backbone: keys {sorted(foreign)[:5]} differ")
+        for stage in self.temporal:
+            for layer in stage:
+                layer.zero_residuals_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
