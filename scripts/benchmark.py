@@ -402,7 +402,7 @@ def bench_fewshot(args: argparse.Namespace) -> None:
     import tempfile
 
     from vivim_monai.fewshot import UNLABELLED, AdaptConfig, BoxPrompt, box_of_mask
-    from vivim_monai.fewshot.workflow import segment_with_prompts
+    from vivim_monai.fewshot.segment import segment_with_prompts
     from vivim_monai.io import write_case_outputs
 
     rng = np.random.default_rng(0)

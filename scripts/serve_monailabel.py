@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Serve the packaged bundle from MONAI Label 0.8.5 (``monaibundle`` app) on loopback, offline; stop it by its PID.
+"""Serve the packaged bundle from MONAI Label 0.8.5 (the project's app) on loopback, offline; stop it by its PID.
 
 Standard library only, so any Python runs it; the server itself runs in the isolated environment made by
 ``scripts/setup_monailabel.sh`` (numpy<2, pydicom<3, no sam2). MONAI Label serves the *packaged* bundle
@@ -12,15 +12,19 @@ Standard library only, so any Python runs it; the server itself runs in the isol
     python scripts/serve_monailabel.py status
     python scripts/serve_monailabel.py stop
 
-``start`` copies the ``monaibundle`` app once into the work folder (``monailabel apps --download``: from the
-installed wheel, no network), links the bundle as ``<app>/model/<name>``, launches ``monailabel start_server`` on
+``start`` copies the project's MONAI Label app (``monailabel_app/main.py``: the bundle's automatic model as the
+``monaibundle`` sample app serves it, plus the interactive model ``<name>_interactive`` -- boxes or clicks and the
+frames labelled so far in the datastore -> the whole cine -- and its train task) into the work folder, links the
+bundle as ``<app>/model/<name>``, launches ``monailabel start_server`` on
 127.0.0.1 in its own process group with the offline settings (``zoo_source github`` reads the local bundle folder
-instead of listing the hosted zoo, ``sam2 false`` skips the SAM2 download, ``skip_trainers true``,
+instead of listing the hosted zoo, ``sam2 false`` skips the SAM2 download, ``skip_trainers true`` for the bundle's
+own trainer,
 ``HF_HUB_OFFLINE=1``, experiment tracking off), writes the PID file and returns once ``GET /info/`` answers 200.
 The server runs MONAI Label's FastAPI app through a small module written to the work folder
-(:data:`APP_MODULE_SOURCE`): a failed inference is answered with its reason (422 for an unreadable upload, JSON
-``{"detail": "CineReadError: <uploaded name>: <problem>"}``) instead of MONAI Label's bare 500 "Internal Server
-Error", and the uploaded copy is still removed. The server's temporary files (uploads, results) go to
+(:data:`APP_MODULE_SOURCE`): a failed inference or label save is answered with its reason (422 for an unreadable
+upload, JSON ``{"detail": "CineReadError: <uploaded name>: <problem>"}``; 400 for a bad prompt or label, or params
+that are not JSON) instead of MONAI Label's bare 500 "Internal Server Error", and the uploaded copy is still
+removed. The server's temporary files (uploads, results) go to
 ``<workdir>/tmp``, emptied at each start.
 ``stop`` signals only the process group recorded in the PID file, after checking that the PID still is that
 server, waits for it to end and removes the file.
@@ -41,11 +45,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
-from email.parser import BytesParser
-from email.policy import HTTP
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = REPO_ROOT / ".venv-monailabel"
 DEFAULT_PORT = 8123
 HOST = "127.0.0.1"
-APP_NAME = "monaibundle"
+APP_NAME = "vivim"
+#: The MONAI Label app served (automatic model, interactive model, its train task): monailabel_app/main.py
+APP_SOURCE = REPO_ROOT / "monailabel_app"
 PID_FILE = "server.json"
 LOG_FILE = "server.log"
 #: Server settings: nothing fetched from the network, no experiment tracking, DICOM files accepted in the datastore.
@@ -75,15 +76,17 @@ INFER_PARAMS = {"device": "cpu", "result_extension": ".nii.gz", "result_dtype": 
 TMP_DIR = "tmp"
 APP_MODULE = "vivim_monailabel_app"
 #: The module uvicorn serves (``--uvicorn_app vivim_monailabel_app:app``), written to the work folder at each start.
-APP_MODULE_SOURCE = '''"""MONAI Label's app, failed inferences answered with their reason (from serve_monailabel.py).
+APP_MODULE_SOURCE = '''"""MONAI Label's app, failed requests answered with their reason (from serve_monailabel.py).
 
 MONAI Label 0.8.5 lets an exception raised during inference (e.g. the bundle's CineReadError for an unreadable
 upload) reach Starlette, which answers 500 "Internal Server Error" with the reason only in the server log, and drops
 the request's background tasks, so the uploaded copy stays in the temporary folder. The /infer endpoint's function is
 wrapped here: a failure is answered as JSON {"detail": "<error>: <message>"}, 422 for an unreadable input (a
-CineReadError anywhere in the exception chain), 400 for an invalid request (MONAILabelException INVALID_INPUT, e.g.
-an unknown model), the HTTPException's own status, else 500. The upload's temporary path in the message is replaced by
-the name it was uploaded under, and the background tasks (removing the upload) still run.
+CineReadError anywhere in the exception chain), 400 for an invalid request (a PromptError, params that are not JSON,
+MONAILabelException INVALID_INPUT, e.g. an unknown model), the HTTPException's own status, else 500. PUT
+/datastore/label is wrapped the same way (the app's datastore refuses a label that does not fit its image). The
+upload's temporary path in the message is replaced by the name it was uploaded under, and the background tasks
+(removing the upload) still run.
 """
 
 import logging
@@ -91,6 +94,7 @@ import logging
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from monailabel.app import app  # noqa: F401  (what uvicorn serves)
+from monailabel.endpoints import datastore as _datastore
 from monailabel.endpoints import infer as _infer
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 
@@ -107,10 +111,15 @@ def _chain(err):
 
 
 def _describe(err):
-    """(HTTP status, message) for a failed inference."""
+    """(HTTP status, message) for a failed request."""
     for item in _chain(err):
-        if any(cls.__name__ == "CineReadError" for cls in type(item).__mro__):
+        names = [cls.__name__ for cls in type(item).__mro__]
+        if "CineReadError" in names:
             return 422, f"CineReadError: {item}"
+        if "PromptError" in names:
+            return 400, f"PromptError: {item}"
+        if "JSONDecodeError" in names:
+            return 400, f"params is not JSON: {item}"
     if isinstance(err, HTTPException):
         return err.status_code, str(err.detail)
     if isinstance(err, MONAILabelException):
@@ -132,6 +141,23 @@ def run_inference(background_tasks, model, image="", session_id="", params="{}",
 
 
 _infer.run_inference = run_inference
+_save_label = _datastore.save_label
+
+
+def save_label(background_tasks, image, params="{}", tag="final", label=None, user=None):
+    try:
+        return _save_label(background_tasks, image, params, tag, label, user)
+    except Exception as err:
+        status, message = _describe(err)
+        temporary = [task.args[0] for task in background_tasks.tasks if task.args]
+        for path in temporary:
+            message = message.replace(str(path), (label.filename if label is not None else "") or "label upload")
+        level = logging.WARNING if status < 500 else logging.ERROR
+        _logger.log(level, "save label %s: HTTP %d: %s", image, status, message, exc_info=status >= 500)
+        return JSONResponse({"detail": message}, status_code=status, background=background_tasks)
+
+
+_datastore.save_label = save_label
 '''
 
 
@@ -146,17 +172,20 @@ def _read_state(workdir: Path) -> dict | None:
         return None
 
 
-def _load_atomic_writer() -> Any:
-    """The project's :func:`vivim_monai.utils.atomic_write`, loaded from its file (standard library only), so this
-    script stays runnable by any Python without the package installed."""
-    source = Path(__file__).resolve().parents[1] / "vivim_monai" / "utils" / "atomic.py"
-    spec = importlib.util.spec_from_file_location("_vivim_monai_atomic", source)
+def _load_project_module(relative: str) -> Any:
+    """A standard-library-only module of the project loaded from its file, so this script stays runnable by any Python
+    without the package installed."""
+    source = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location("_vivim_monai_" + source.stem, source)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.atomic_write
+    return module
 
 
-_atomic_write = _load_atomic_writer()
+_atomic_write = _load_project_module("vivim_monai/utils/atomic.py").atomic_write
+#: the HTTP client (``vivim_monai.utils.monailabel_client``): its names are this script's too
+client = _load_project_module("vivim_monai/utils/monailabel_client.py")
+InferenceError, http_get, server_info = client.InferenceError, client.http_get, client.server_info
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -191,23 +220,6 @@ def _is_our_server(state: dict) -> bool:
     return "start_server" in cmdline and state["app"] in cmdline
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def server_info(url: str, timeout: float = 5.0) -> dict | None:
-    """``GET /info/`` as a dict, or None when the server does not answer 200."""
-    try:
-        status, body = http_get(f"{url}/info/", timeout)
-    except (OSError, urllib.error.URLError):
-        return None
-    return json.loads(body) if status == 200 else None
-
-
 def _log_tail(workdir: Path, lines: int = 40) -> str:
     try:
         return "\n".join((workdir / LOG_FILE).read_text(errors="replace").splitlines()[-lines:])
@@ -215,17 +227,13 @@ def _log_tail(workdir: Path, lines: int = 40) -> str:
         return "(no server log)"
 
 
-def ensure_app(venv: Path, workdir: Path) -> Path:
-    """The ``monaibundle`` sample app in ``workdir/apps`` (copied from the installed monailabel wheel once)."""
+def ensure_app(workdir: Path) -> Path:
+    """The project's MONAI Label app (``monailabel_app/``) copied to ``workdir/apps/vivim`` (its code replaced at
+    each start; ``model/``, with the bundle links and the interactive model's trained weights, kept)."""
     app = workdir / "apps" / APP_NAME
-    if (app / "main.py").is_file():
-        return app
-    if app.exists():
-        shutil.rmtree(app)
-    command = [*_monailabel(venv), "apps", "--download", "--name", APP_NAME, "--output", str(app.parent)]
-    result = subprocess.run(command, capture_output=True, text=True, env=_server_env(venv, workdir), cwd=workdir)
-    if result.returncode != 0 or not (app / "main.py").is_file():
-        raise SystemExit(f"cannot copy the {APP_NAME} app: {' '.join(command)}\n{result.stdout}{result.stderr}")
+    app.mkdir(parents=True, exist_ok=True)
+    for source in sorted(APP_SOURCE.glob("*.py")):
+        _write_atomic(app / source.name, source.read_bytes())
     return app
 
 
@@ -297,7 +305,7 @@ def start(args: argparse.Namespace) -> int:
     _write_atomic(workdir / f"{APP_MODULE}.py", APP_MODULE_SOURCE.encode())
     studies.mkdir(parents=True, exist_ok=True)
     name = args.model or bundle.name
-    app = ensure_app(venv, workdir)
+    app = ensure_app(workdir)
     warm_bundle_kernels(venv, link_bundle(app, bundle, name), workdir)
     conf = {**SERVER_CONF, "models": name, **dict(args.conf or [])}
     command = [*_monailabel(venv), "start_server", "--app", str(app), "--studies", str(studies)]
@@ -387,66 +395,12 @@ def status(args: argparse.Namespace) -> int:
     return 0 if info is not None else 2
 
 
-def _multipart(fields: dict[str, str], file_field: str, path: Path) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for key, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{path.name}"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\n".encode() + path.read_bytes() + b"\r\n"
-    )
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-class InferenceError(RuntimeError):
-    """The server answered an inference request with an HTTP error; ``status`` and ``detail`` (its reason)."""
-
-    def __init__(self, message: str, status: int, detail: str) -> None:
-        super().__init__(message)
-        self.status, self.detail = status, detail
-
-
-def _error_detail(body: bytes) -> str:
-    """The ``detail`` of a JSON error body (FastAPI's form), else the body as text."""
-    try:
-        detail = json.loads(body)["detail"]
-    except (ValueError, KeyError, TypeError):
-        return body.decode(errors="replace")
-    return detail if isinstance(detail, str) else json.dumps(detail)
-
-
 def request_inference(
     url: str, model: str, image: Path, params: dict | None = None, timeout: float = 600.0
 ) -> tuple[bytes | None, dict, float]:
-    """POST ``image`` to ``/infer/<model>?output=all``; returns (label file bytes or None, result JSON, seconds).
-
-    An HTTP error raises :class:`InferenceError` with the status and the server's reason.
-    """
-    body, content_type = _multipart({"params": json.dumps({**INFER_PARAMS, **(params or {})})}, "file", image)
-    request = urllib.request.Request(
-        f"{url}/infer/{model}?output=all", data=body, method="POST", headers={"Content-Type": content_type}
-    )
-    started = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            payload, reply_type = response.read(), response.headers.get("Content-Type", "")
-    except urllib.error.HTTPError as err:
-        detail = _error_detail(err.read())[:4000]
-        raise InferenceError(f"POST {url}/infer/{model} -> HTTP {err.code}: {detail}", err.code, detail) from err
-    seconds = time.perf_counter() - started
-    if not reply_type.startswith("multipart/"):
-        return None, json.loads(payload), seconds
-    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {reply_type}\r\n\r\n".encode() + payload)
-    label, result = None, {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if name == "params":
-            result = json.loads(part.get_payload(decode=True))
-        elif name == "image":
-            label = part.get_payload(decode=True)
-    return label, result, seconds
+    """POST a cine file to ``/infer/<model>`` with :data:`INFER_PARAMS` under ``params``; returns (label file bytes
+    or None, result JSON, seconds). An HTTP error raises :class:`InferenceError` with the status and the reason."""
+    return client.request_inference(url, model, image, {**INFER_PARAMS, **(params or {})}, timeout)
 
 
 def _default_output(image: Path) -> Path:

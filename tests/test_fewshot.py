@@ -28,7 +28,8 @@ from vivim_monai.fewshot import (
     track_boxes,
 )
 from vivim_monai.fewshot.evaluation import choose_frames, score_frames
-from vivim_monai.fewshot.workflow import PromptedCineWorkflow, segment_with_prompts, spread_frames
+from vivim_monai.fewshot.segment import segment_with_prompts, spread_frames
+from vivim_monai.fewshot.workflow import PromptedCineWorkflow
 
 H, W, T = 64, 80, 10
 #: A tiny recipe for the logic tests (the shipped one is in AdaptConfig's defaults).

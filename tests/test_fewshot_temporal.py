@@ -12,8 +12,8 @@ from monai.networks.nets import FlexibleUNet
 from tests.test_fewshot import TINY, T, disk_cine
 from vivim_monai.fewshot import UNLABELLED, FewShotAdapter, TemporalFewShotAdapter
 from vivim_monai.fewshot.evaluation import score_frames
+from vivim_monai.fewshot.segment import segment_with_prompts
 from vivim_monai.fewshot.temporal import clip_windows
-from vivim_monai.fewshot.workflow import segment_with_prompts
 from vivim_monai.networks import FrameWise, TemporalFlexibleUNet
 
 TEMPORAL = replace(TINY, temporal_steps=12, clip_frames=4)

@@ -178,12 +178,26 @@ class FewShotAdapter:
     def fit(self, cine: torch.Tensor, label: np.ndarray, frames: Sequence[int]) -> list[float]:
         """Train on ``frames`` of a ``(C, H, W, T)`` cine and its checked ``(H, W, T)`` partial label (unlabelled
         frames :data:`~vivim_monai.fewshot.prompts.UNLABELLED`); returns the loss of every step."""
+        return self.fit_many([(cine, label, frames)])
+
+    def fit_many(self, cines: Sequence[tuple[torch.Tensor, np.ndarray, Sequence[int]]]) -> list[float]:
+        """:meth:`fit` on the labelled frames of several cines at once (``(cine, label, frames)`` each; frames of any
+        size, all resized to ``size``²)."""
         config = self.config
-        images = cine_frames(cine[..., list(frames)], config.size)
-        target = torch.as_tensor(np.ascontiguousarray(label[..., list(frames)])).permute(2, 0, 1)[:, None].float()
-        if (target == UNLABELLED).any():
-            raise ValueError("fit() takes labelled frames only; unlabelled pixels among them")
-        target = F.interpolate(target, size=(config.size, config.size), mode="nearest")
+        if not cines:
+            raise ValueError("fit_many() needs at least one (cine, label, frames)")
+        images, targets = [], []
+        for cine, label, frames in cines:
+            images.append(cine_frames(cine[..., list(frames)], config.size))
+            target = torch.as_tensor(np.ascontiguousarray(label[..., list(frames)])).permute(2, 0, 1)[:, None].float()
+            if (target == UNLABELLED).any():
+                raise ValueError("fit() takes labelled frames only; unlabelled pixels among them")
+            targets.append(F.interpolate(target, size=(config.size, config.size), mode="nearest"))
+        return self._fit_frames(torch.cat(images), torch.cat(targets))
+
+    def _fit_frames(self, images: torch.Tensor, target: torch.Tensor) -> list[float]:
+        """The training loop on ``(N, 3, s, s)`` frames and their ``(N, 1, s, s)`` class indices."""
+        config = self.config
         loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
         optimizer = torch.optim.AdamW(
             self.network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay

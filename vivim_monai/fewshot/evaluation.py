@@ -21,9 +21,9 @@ import torch
 
 from vivim_monai.fewshot.adapt import AdaptConfig
 from vivim_monai.fewshot.prompts import UNLABELLED, BoxPrompt, box_of_mask
+from vivim_monai.fewshot.segment import TRUST_TRACK_REACH, label_boxes, segment_with_prompts
 from vivim_monai.fewshot.temporal import TEMPORAL_STEPS
 from vivim_monai.fewshot.tracking import FrameEmbeddings, track_boxes
-from vivim_monai.fewshot.workflow import TRUST_TRACK_REACH, label_boxes, segment_with_prompts
 from vivim_monai.metrics.segmentation import per_frame_metrics
 from vivim_monai.networks import LiteMedSAM
 from vivim_monai.utils import atomic_write
