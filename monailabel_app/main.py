@@ -120,7 +120,12 @@ class InteractiveCineInfer(InferTask):
         if label_path:
             label = scripts.data.load_label_cine(label_path, "index")
         result = self.model.segment(
-            cine, boxes=boxes, foreground=request.get("foreground"), label=label, source=str(source)
+            cine,
+            boxes=boxes,
+            foreground=request.get("foreground"),
+            label=label,
+            source=str(source),
+            recipe=request.get("recipe"),
         )
         segmented = time.perf_counter()
         output = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name

@@ -23,7 +23,7 @@ import hashlib
 import os
 import time
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -143,9 +143,17 @@ class InteractiveCineModel:
         label: np.ndarray | None = None,
         labelled_frames: Sequence[int] | None = None,
         source: str = "cine",
+        recipe: dict[str, Any] | None = None,
     ) -> PromptedResult:
-        """Every frame of a ``(C, H, W, T)`` cine from boxes, extreme clicks and/or a partial label."""
+        """Every frame of a ``(C, H, W, T)`` cine from boxes, extreme clicks and/or a partial label; ``recipe``
+        overrides :class:`AdaptConfig` fields for this request (e.g. fewer ``steps`` for a quicker, rougher answer)."""
         prompts = parse_boxes(boxes, f"{source} boxes") + boxes_from_clicks(foreground, f"{source} foreground")
+        config = self.config
+        if recipe:
+            known = sorted(asdict(config))
+            if not isinstance(recipe, dict) or set(recipe) - set(known):
+                raise PromptError(f"{source} recipe {recipe!r}: give a dict of these fields only: {known}")
+            config = replace(config, **recipe)
         return segment_with_prompts(
             cine,
             boxes=prompts,
@@ -154,7 +162,7 @@ class InteractiveCineModel:
             method="auto",
             num_classes=len(self.class_names),
             start=self.start_weights(),
-            config=self.config,
+            config=config,
             bundle=self.bundle,
             source=source,
             embeddings=self.embeddings(cine) if prompts or label is not None else None,
