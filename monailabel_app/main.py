@@ -147,7 +147,7 @@ class InteractiveCineInfer(InferTask):
             "status_counts": report.get("status_counts"),
             "trained_frames": report.get("trained_frames"),
             "events": report.get("events"),
-            "start": report.get("start"),
+            "start": report.get("start_weights"),
             "used_saved_label": bool(label_path),
         }
 

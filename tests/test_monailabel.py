@@ -469,9 +469,12 @@ SESSION_RECIPE = {"steps": 50}
 
 
 def _refused(call) -> tuple[int, str]:
+    """(HTTP status, reason) of a request the server must refuse (``call`` uses the package's client)."""
+    from vivim_monai.utils.monailabel_client import InferenceError
+
     try:
         call()
-    except serve.InferenceError as err:
+    except InferenceError as err:
         return err.status, err.detail
     raise AssertionError("the server accepted a bad request")
 
