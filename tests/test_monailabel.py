@@ -522,8 +522,10 @@ def test_interactive_bad_input_is_refused_with_its_reason_and_leaves_nothing(ser
     cine, truth = disk_cine()
     path = tmp_path / "disk.nii.gz"
     nib.save(nib.Nifti1Image(cine[0].numpy(), np.eye(4)), path)
+    scratch = _tree(temporary)
     client.upload_image(url, "disk", path)
-    datastore, scratch = _tree(studies), _tree(temporary)
+    assert _settled(temporary, scratch) == scratch, "the upload's temporary copy was not removed"
+    datastore = _tree(studies)
 
     def label_file(array: np.ndarray, name: str) -> Path:
         nib.save(nib.Nifti1Image(array, np.eye(4)), tmp_path / name)
