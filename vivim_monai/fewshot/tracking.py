@@ -179,6 +179,7 @@ def track_boxes(
         raise ValueError("track_boxes needs at least one box prompt")
     model = model if model is not None else LiteMedSAM().eval()
     embeddings = embeddings if embeddings is not None else FrameEmbeddings(model, cine)
+    encoder_before = embeddings.encoder_seconds  # embeddings kept from an earlier call cost nothing now
     labels = np.zeros((height, width, count), np.uint8)
     best = np.full((height, width, count), -np.inf, np.float32)
     lost, prompted = [False] * count, [False] * count
@@ -215,6 +216,6 @@ def track_boxes(
             prompted[frame] |= prompts[index].frame == frame
             source[frame] = index if source[frame] < 0 else source[frame]
     status = ["lost" if lost[t] else "prompted" if prompted[t] else "tracked" for t in range(count)]
-    seconds = {"encoder": embeddings.encoder_seconds, "total": time.perf_counter() - start}
+    seconds = {"encoder": embeddings.encoder_seconds - encoder_before, "total": time.perf_counter() - start}
     logits = np.where(np.isfinite(best), best, -20.0).astype(np.float32)
     return TrackResult(labels, logits, status, source, events, seconds)
