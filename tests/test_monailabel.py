@@ -502,6 +502,7 @@ def test_annotation_session_over_http_gets_better_with_corrections_and_training(
         print("\nannotation session:", json.dumps([{k: r[k] for k in ("round", "dice", "seconds")} for r in records]))
         assert dice[-1] > dice[0] and dice[-1] > 0.8, f"Dice per round {dice}"
         assert records[1]["server"]["trained_frames"] and records[2]["prompt"]["corrected_frames"]
+        session_peak = rss.peak  # the session's rounds; training below runs in the server only because of run_sync
 
         summary = client.train(url, INTERACTIVE, {"recipe": {"steps": 10}}, run_sync=True)
         assert checkpoint.is_file(), summary
@@ -509,7 +510,9 @@ def test_annotation_session_over_http_gets_better_with_corrections_and_training(
         params = {"boxes": [box], "recipe": {"steps": 5}}
         label, result, _ = client.request_inference(url, INTERACTIVE, params=params, image_id="carotid_session")
         assert label is not None and result["start"] == str(checkpoint.resolve()), result
-    assert rss.peak < 3 << 30, f"the server's peak memory {rss.peak / 2**30:.2f} GiB is over 3 GiB"
+    assert (
+        session_peak < 3 << 30
+    ), f"the server's peak memory in the session, {session_peak / 2**30:.2f} GiB, is over 3 GiB"
 
 
 @pytest.mark.slow
