@@ -55,7 +55,8 @@ def test_annotation_session_over_http_gets_better_with_corrections_and_training(
     with GroupRss(server["pgid"]) as rss:
         records = run_session(url, INTERACTIVE, grey, truth, "carotid_session", 3, {"recipe": SESSION_RECIPE})
         dice = [r["dice"] for r in records]
-        print("\nannotation session:", json.dumps([{k: r[k] for k in ("round", "dice", "seconds")} for r in records]))
+        rounds = [{k: r[k] for k in ("round", "dice", "seconds")} for r in records]
+        print("\nannotation session:", json.dumps(rounds), f"server peak RSS {rss.peak / 2**30:.2f} GiB")
         assert dice[-1] > dice[0] and dice[-1] > 0.8, f"Dice per round {dice}"
         assert records[1]["server"]["trained_frames"] and records[2]["prompt"]["corrected_frames"]
         session_peak = rss.peak  # the session's rounds; training below runs in the server only because of run_sync

@@ -79,7 +79,8 @@ def run_session(
             )
             if label is None:
                 raise RuntimeError(f"round {number}: the server returned no label: {result}")
-            answer = np.asarray(nib.load(write_file(label, work / "answer.nii.gz")).dataobj)
+            (work / "answer.nii.gz").write_bytes(label)
+            answer = np.asarray(nib.load(work / "answer.nii.gz").dataobj)
             if answer.shape != truth.shape:
                 raise RuntimeError(f"round {number}: label {answer.shape} for a cine of {truth.shape}")
             scores = score_frames(answer, truth, range(truth.shape[-1]))
@@ -103,9 +104,3 @@ def run_session(
             if worst is not None:
                 corrected.append(worst)
     return records
-
-
-def write_file(data: bytes, path: Path) -> Path:
-    """``data`` written to ``path`` (the server's answer, read back with nibabel)."""
-    path.write_bytes(data)
-    return path
