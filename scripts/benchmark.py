@@ -7,6 +7,7 @@
     python scripts/benchmark.py arms      # the comparison's networks (configs/*.json overlays): frames/s, parameters
     python scripts/benchmark.py decode    # DICOM decoding: load_cine vs raw pydicom (../shared/data/dicom-cine)
     python scripts/benchmark.py export    # exported Vivim (TorchScript, torch.export, ONNX Runtime) vs eager PyTorch
+    python scripts/benchmark.py isa       # the CPU scan built for each instruction set vs its exp bound and mambapy
 
 All rows of one run are measured side by side on the same machine, so their ratios are comparable. Times are the
 median of ``--repeats`` runs after a warm-up (CUDA is synchronised around every run).
@@ -122,6 +123,77 @@ def bench_scan(args: argparse.Namespace) -> None:
             print(
                 f"| {dim} | {length} | {exps / 1e6:.1f} M | {exps / rate * 1e3:.1f} | {seconds * 1e3:.1f} | "
                 f"{exps / rate / seconds:.2f} |"
+            )
+    print()
+
+
+# ------------------------------------------------------------------------------------------------------------ isa
+def mambapy_scan(u, delta, A, B, C, D, z, delta_bias):
+    """The same selective scan (softplus step, D skip, SiLU gate) through mambapy's parallel scan (Blelloch, in
+    PyTorch ops; mambapy 1.2.0, MIT): the operands expanded to (B, L, D, N), the formula of its Mamba block."""
+    from mambapy.pscan import pscan
+
+    x = u.transpose(1, 2)
+    step = torch.nn.functional.softplus(delta + delta_bias[:, None]).transpose(1, 2)
+    decay = torch.exp(step.unsqueeze(-1) * A)
+    drive = step.unsqueeze(-1) * B.transpose(1, 2).unsqueeze(2) * x.unsqueeze(-1)
+    states = pscan(decay, drive)
+    y = (states @ C.transpose(1, 2).unsqueeze(-1)).squeeze(-1) + D * x
+    return (y * torch.nn.functional.silu(z.transpose(1, 2))).transpose(1, 2)
+
+
+def isa_worker(args: argparse.Namespace) -> None:
+    """One build (``VIVIM_SCAN_MARCH`` of this process): forward times, exp bound, mambapy; one JSON line."""
+    ext = cpu_kernel.load_extension()
+    if ext is None:
+        print(json.dumps({"march": cpu_kernel.instruction_set(), "error": cpu_kernel.build_error()}))
+        return
+    rate, _ = exp_bound()
+    rows = []
+    for dim, length in VIVIM_STAGE_SCAN_SIZES:
+        inputs = vivim_scan_inputs(dim, length)
+        with torch.no_grad():
+            ours = selective_scan(**inputs, delta_softplus=True, backend="cpu")
+            forward = time_call(
+                lambda: selective_scan(**inputs, delta_softplus=True, backend="cpu"), args.repeats, "cpu"
+            )
+            row = {"dim": dim, "length": length, "forward": forward, "bound": dim * length * 16 / rate}
+            try:
+                theirs = mambapy_scan(**inputs)
+            except ImportError:
+                row["mambapy"] = None
+            else:
+                torch.testing.assert_close(theirs, ours, atol=2e-3, rtol=2e-3)  # same maths, or the ratio means nothing
+                row["mambapy"] = time_call(lambda: mambapy_scan(**inputs), args.repeats, "cpu")
+        rows.append(row)
+    print(json.dumps({"march": cpu_kernel.instruction_set(), "tile": list(ext.tile()), "exp_rate": rate, "rows": rows}))
+
+
+def bench_isa(args: argparse.Namespace) -> None:
+    """Each instruction set in its own process (the build is chosen at import), one after the other."""
+    print("### CPU scan per instruction set (B = 1, N = 16, softplus delta, D skip, SiLU(z) gate, fp32, forward)\n")
+    print(
+        "| build (-march) | tile (channels x states) | exp (G/s) | D | L | forward (ms) | exp bound (ms) | "
+        "fraction of bound | mambapy pscan (ms) | speed-up vs mambapy |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for march in args.marches:
+        env = dict(os.environ, **{cpu_kernel.MARCH_ENV_VAR: march})
+        command = [sys.executable, __file__, "--repeats", str(args.repeats)]
+        command += ["--threads", str(args.threads)] if args.threads else []
+        result = subprocess.run(command + ["isa-worker"], env=env, capture_output=True, text=True, check=True)
+        found = json.loads(result.stdout.strip().splitlines()[-1])
+        if "error" in found:
+            print(f"| {march} | build failed: {found['error']} |  |  |  |  |  |  |  |  |")
+            continue
+        lanes, states = found["tile"]
+        for row in found["rows"]:
+            theirs = row["mambapy"]
+            cells = ("-", "-") if theirs is None else (f"{theirs * 1e3:.1f}", f"{theirs / row['forward']:.1f}x")
+            print(
+                f"| {march} | {lanes} x {states} | {found['exp_rate'] / 1e9:.2f} | {row['dim']} | {row['length']} | "
+                f"{row['forward'] * 1e3:.1f} | {row['bound'] * 1e3:.1f} | {row['bound'] / row['forward']:.2f} | "
+                f"{cells[0]} | {cells[1]} |"
             )
     print()
 
@@ -493,6 +565,9 @@ def main() -> None:
     fewshot.add_argument("--frames", type=int, default=100)
     fewshot.add_argument("--size", type=int, default=256)
     fewshot.add_argument("--steps", type=int, help="adaptation steps (default: the shipped recipe's)")
+    isa = sub.add_parser("isa", help="the CPU scan built per instruction set: exp bound and mambapy's pscan")
+    isa.add_argument("--marches", nargs="+", default=["native", "x86-64-v3"], help="VIVIM_SCAN_MARCH values")
+    sub.add_parser("isa-worker")
     worker = sub.add_parser("memory-worker")
     worker.add_argument("--variant", default="b0")
     worker.add_argument("--mixer", choices=["mamba", "attention"], default="mamba")
@@ -501,7 +576,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.command != "memory-worker":
+    if args.command not in ("memory-worker", "isa-worker"):
         print(f"Machine: {machine_description()}\n")
     if args.command in ("scan", "all"):
         bench_scan(args)
@@ -518,6 +593,10 @@ def main() -> None:
         bench_export(args)
     if args.command == "fewshot":
         bench_fewshot(args)
+    if args.command == "isa":
+        bench_isa(args)
+    if args.command == "isa-worker":
+        isa_worker(args)
     if args.command == "memory-worker":
         memory_worker(args)
 

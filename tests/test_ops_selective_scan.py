@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -279,6 +283,63 @@ def test_failed_kernel_build_falls_back_with_one_warning(monkeypatch):
         resolve_backend("cpu", "cpu")
     inputs = {k: v.detach() for k, v in make_inputs(1, 4, 20, 4).items()}
     torch.testing.assert_close(selective_scan(**inputs), selective_scan_sequential(**inputs), **FP32_TOL)
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="compiled CPU kernel unavailable")
+def test_cpu_kernel_tile_follows_instruction_set():
+    """AVX-512 builds keep a 16-channel x 16-state tile in zmm registers; other builds 8 x 8 (16 ymm registers)."""
+    from vivim_monai.ops import cpu_kernel
+
+    march = cpu_kernel.instruction_set()
+    avx512 = march == "x86-64-v4" or (march == "native" and "avx512f" in cpu_kernel._cpu_fingerprint().split())
+    assert tuple(cpu_kernel.load_extension().tile()) == ((16, 16) if avx512 else (8, 8))
+
+
+@pytest.mark.parametrize(
+    "march, fingerprint, message",
+    [
+        ("x86-64-v9", None, "VIVIM_SCAN_MARCH='x86-64-v9': expected one of native"),
+        ("x86-64-v4", "flags\t\t: fpu sse2 avx avx2 fma", "x86-64-v4 needs CPU flags this CPU lacks: avx512f"),
+    ],
+)
+def test_unusable_instruction_set_falls_back_with_the_reason(monkeypatch, march, fingerprint, message):
+    """A level this CPU cannot run (or a typo) is refused before compiling, like a failed build, naming why."""
+    from torch.utils import cpp_extension
+
+    from vivim_monai.ops import cpu_kernel
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("compiled a kernel for an unusable instruction set")
+
+    monkeypatch.setattr(cpu_kernel, "_STATE", {})
+    monkeypatch.setattr(cpp_extension, "load", must_not_build)
+    if fingerprint:
+        monkeypatch.setattr(cpu_kernel, "_cpu_fingerprint", lambda: fingerprint)
+    monkeypatch.setenv(cpu_kernel.MARCH_ENV_VAR, march)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.warns(RuntimeWarning, match="falling back to the pure-PyTorch scan"):
+        assert resolve_backend(None, "cpu") == "torch"
+    assert message in cpu_kernel.build_error()
+    with pytest.raises(RuntimeError, match="failed to build"):
+        resolve_backend("cpu", "cpu")
+
+
+@pytest.mark.slow
+def test_avx2_build_matches_reference():
+    """The kernel built for AVX2 + FMA (x86-64-v3, the 8 x 8 tile) passes this module's kernel tests in a process of
+    its own (the build is chosen once per process)."""
+    from vivim_monai.ops import cpu_kernel
+
+    missing = cpu_kernel._missing_cpu_flags("x86-64-v3")
+    if missing:
+        pytest.skip(f"this CPU cannot run AVX2 code (lacks {', '.join(missing)})")
+    env = dict(os.environ, **{cpu_kernel.MARCH_ENV_VAR: "x86-64-v3"})
+    env.pop(ENV_VAR, None)
+    selected = "tile_follows or channel_blocks or gradcheck_float64 or scan_orders or backends_match or stage_sizes"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selected]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1], result.stdout[-2000:]
 
 
 @pytest.mark.gpu

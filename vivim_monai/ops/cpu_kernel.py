@@ -8,6 +8,11 @@ the path or time stamp of a source changes, which compiling the package's own fi
 moved or unpacked again (a packaged bundle, a new checkout). Without a working compiler the build fails once, a
 single warning says why, and the automatic backend falls back to the pure-PyTorch scan.
 
+The instruction set is ``-march=native`` unless ``VIVIM_SCAN_MARCH`` names an x86-64 level (``x86-64-v3``: AVX2 +
+FMA; ``x86-64-v4``: AVX-512), e.g. to build for a fleet of AVX2 machines or to measure the AVX2 kernel on an AVX-512
+one. A level this CPU lacks is refused like a failed build (its missing flags are named), since its code would stop
+the process with an illegal instruction. The kernel's register tile follows the level (see the source).
+
 Rows (batch x channel) run in parallel on PyTorch's OpenMP thread pool (``torch.set_num_threads``); the state
 dimension is vectorised. Half/bfloat16 inputs are computed in float32; float64 stays float64 (gradcheck).
 """
@@ -27,10 +32,28 @@ import torch
 from vivim_monai.ops.reference import as_grouped, compute_dtype
 from vivim_monai.ops.scan_order import ScanOrder
 
-__all__ = ["build_error", "causal_conv1d", "is_available", "load_extension", "selective_scan"]
+__all__ = [
+    "MARCH_ENV_VAR",
+    "build_error",
+    "causal_conv1d",
+    "compiler_flags",
+    "instruction_set",
+    "is_available",
+    "load_extension",
+    "selective_scan",
+]
 
 _SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
-_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
+# -fno-trapping-math: without it GCC leaves fast_exp's clamp as a branch on AVX2 and the exp runs scalar (16x slower)
+_BASE_CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-trapping-math"]
+MARCH_ENV_VAR = "VIVIM_SCAN_MARCH"
+# the CPU flags (/proc/cpuinfo names) each selectable x86-64 level needs (x86-64 psABI micro-architecture levels)
+_LEVEL_FLAGS = {
+    "native": (),
+    "x86-64-v2": ("sse4_2", "ssse3", "popcnt", "cx16"),
+    "x86-64-v3": ("avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"),
+    "x86-64-v4": ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
+}
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 CHUNK = 64  # positions between state checkpoints (backward memory: L / CHUNK states per row)
@@ -43,6 +66,25 @@ def _cpu_fingerprint() -> str:
             return next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
     except OSError:
         return os.uname().machine
+
+
+def instruction_set() -> str:
+    """The ``-march`` value the kernel is built for: ``VIVIM_SCAN_MARCH`` or ``native``."""
+    march = os.environ.get(MARCH_ENV_VAR, "").strip() or "native"
+    if march not in _LEVEL_FLAGS:
+        raise ValueError(f"{MARCH_ENV_VAR}={march!r}: expected one of {', '.join(_LEVEL_FLAGS)}")
+    return march
+
+
+def compiler_flags(march: str) -> list[str]:
+    """The kernel's compiler flags for ``march``."""
+    return [*_BASE_CFLAGS, f"-march={march}"]
+
+
+def _missing_cpu_flags(march: str) -> list[str]:
+    """The flags ``march`` needs that this CPU does not report (none for ``native``)."""
+    present = set(_cpu_fingerprint().split(":", 1)[-1].split())
+    return [flag for flag in _LEVEL_FLAGS[march] if flag not in present]
 
 
 def _stable_source(source: Path, name: str) -> Path:
@@ -73,15 +115,21 @@ def load_extension() -> ModuleType | None:
     with _LOCK:
         if "module" in _STATE or "error" in _STATE:
             return _STATE.get("module")  # type: ignore[return-value]
-        key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_CFLAGS).encode() + _cpu_fingerprint().encode())
-        name = f"vivim_scan_cpu_{key.hexdigest()[:12]}"
         try:
+            march = instruction_set()
+            missing = _missing_cpu_flags(march)
+            if missing:
+                raise RuntimeError(f"{MARCH_ENV_VAR}={march} needs CPU flags this CPU lacks: {', '.join(missing)}")
+            flags = compiler_flags(march)
+            key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(flags).encode() + _cpu_fingerprint().encode())
+            name = f"vivim_scan_cpu_{key.hexdigest()[:12]}"
             from torch.utils.cpp_extension import load
 
             source = _stable_source(_SOURCE, name)
             _STATE["module"] = load(
-                name=name, sources=[str(source)], extra_cflags=_CFLAGS, extra_ldflags=["-fopenmp"], verbose=False
+                name=name, sources=[str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False
             )
+            _STATE["march"] = march
         except Exception as err:  # no compiler, no headers, a failed build: all mean "use the PyTorch scan"
             _STATE["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
             warnings.warn(
