@@ -8,6 +8,8 @@
     python scripts/benchmark.py decode    # DICOM decoding: load_cine vs raw pydicom (../shared/data/dicom-cine)
     python scripts/benchmark.py export    # exported Vivim (TorchScript, torch.export, ONNX Runtime) vs eager PyTorch
     python scripts/benchmark.py isa       # the CPU scan built for each instruction set vs its exp bound and mambapy
+    python scripts/benchmark.py train     # training frames/s through the bundle vs a plain PyTorch loop, and where
+                                          # the bundle's time goes (data pipeline alone, one-time case caching)
 
 All rows of one run are measured side by side on the same machine, so their ratios are comparable. Times are the
 median of ``--repeats`` runs after a warm-up (CUDA is synchronised around every run).
@@ -196,6 +198,98 @@ def bench_isa(args: argparse.Namespace) -> None:
                 f"{cells[0]} | {cells[1]} |"
             )
     print()
+
+
+# ---------------------------------------------------------------------------------------------------------- train
+def _train_datalist(args: argparse.Namespace, folder: str) -> tuple[str, str]:
+    """A datalist of the first ``--cases`` cases of ``--data`` (real data), written to ``folder``; its overlay."""
+    from vivim_monai.data import discover_cases, write_datalist
+
+    root = os.path.abspath(args.data)
+    entries = discover_cases(root, layout=args.layout)[: args.cases]
+    if not entries:
+        raise SystemExit(f"{root}: no {args.layout} cases")
+    path = os.path.join(folder, "datalist.json")
+    write_datalist(path, entries, root, args.layout, class_names=["background", "foreground"])
+    return path, args.dataset_config
+
+
+def bench_train(args: argparse.Namespace) -> None:
+    """One epoch of ``monai.bundle``'s train workflow (``train.json`` + dataset overlay + model overlay, in this
+    process) against a plain loop (the same network, loss, optimiser, batch and size on tensors already in memory),
+    plus the bundle's data pipeline alone (its DataLoader: clip assembly and augmentation, no network)."""
+    import tempfile
+
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    bundle = os.path.join(os.path.dirname(__file__), "..", "bundle", "configs")
+    with tempfile.TemporaryDirectory() as folder:
+        datalist, dataset_config = _train_datalist(args, folder)
+        configs = [os.path.join(bundle, "train.json"), dataset_config, args.overlay]
+        overrides = {"datalist": datalist, "fold": -1, "epochs": 1, "bundle_root": folder, "num_workers": 0}
+        start = time.perf_counter()
+        workflow = ConfigWorkflow(
+            config_file=[os.path.abspath(c) for c in configs],
+            meta_file=os.path.join(bundle, "metadata.json"),
+            logging_file=os.path.join(bundle, "logging.conf"),
+            workflow_type="train",
+            **overrides,
+        )
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        caching = time.perf_counter() - start  # parsing, network, and decoding + resizing every case once
+        stamps: list[tuple[float, int]] = []
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED,
+            lambda engine: stamps.append(
+                (time.perf_counter(), sum(item["image"].shape[-1] for item in engine.state.batch))
+            ),
+        )
+        workflow.run()
+        workflow.finalize()
+        warm = stamps[args.warmup :]
+        bundle_rate = sum(n for _, n in warm[1:]) / (warm[-1][0] - warm[0][0])
+        loader = workflow.parser.get_parsed_content("train#dataloader")
+        batches, start = 0, time.perf_counter()
+        shapes = []
+        for batch in loader:
+            shapes.append(tuple(batch["image"].shape))
+            batches += int(np.prod(batch["image"].shape[::4]))
+        data_rate = batches / (time.perf_counter() - start)
+
+        network = workflow.parser.get_parsed_content("network_def", instantiate=True).train()
+        loss = workflow.parser.get_parsed_content("loss", instantiate=True)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=0.01)
+        shape = shapes[0]
+        image = torch.randn(shape)
+        label = (torch.rand((shape[0], 1, *shape[2:])) > 0.8).to(torch.uint8)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss(network(image), label).backward()
+            optimizer.step()
+
+        steps = max(len(warm) - 1, 3)
+        plain = time_call(step, steps, torch.device("cpu"), warmup=True)
+        plain_rate = int(np.prod(shape[::4])) / plain
+    batch, frames = shape[0], shape[-1]
+    print(f"### Training throughput: {os.path.basename(args.overlay)} on {os.path.basename(dataset_config)}\n")
+    print(f"{args.cases} cases of `{args.data}`, batch {batch} x {frames} frame(s) of {shape[2]} x {shape[3]}, fp32.\n")
+    print("| what | frames/s | relative to the plain loop |")
+    print("|---|---|---|")
+    print(f"| plain PyTorch loop (tensors in memory) | {plain_rate:.2f} | 1.00 |")
+    print(
+        f"| monai.bundle train workflow (epoch after {args.warmup} warm-up iterations) | {bundle_rate:.2f} | "
+        f"{bundle_rate / plain_rate:.2f} |"
+    )
+    print(
+        f"| the bundle's DataLoader alone (clips + augmentation, no network) | {data_rate:.1f} | "
+        f"{data_rate / plain_rate:.1f} |"
+    )
+    print(
+        f"\nOne-time set-up before the first iteration (parse, build, decode and resize every case): {caching:.1f} s\n"
+    )
 
 
 # -------------------------------------------------------------------------------------------------------- forward
@@ -565,6 +659,17 @@ def main() -> None:
     fewshot.add_argument("--frames", type=int, default=100)
     fewshot.add_argument("--size", type=int, default=256)
     fewshot.add_argument("--steps", type=int, help="adaptation steps (default: the shipped recipe's)")
+    train = sub.add_parser("train", help="training frames/s: monai.bundle train workflow vs a plain PyTorch loop")
+    train.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "bagls"))
+    train.add_argument("--layout", default="bagls")
+    train.add_argument("--cases", type=int, default=4)
+    train.add_argument(
+        "--dataset-config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "bagls.json")
+    )
+    train.add_argument(
+        "--overlay", default=os.path.join(os.path.dirname(__file__), "..", "configs", "flexunet_lite0_frames.json")
+    )
+    train.add_argument("--warmup", type=int, default=3, help="iterations left out of the bundle's rate")
     isa = sub.add_parser("isa", help="the CPU scan built per instruction set: exp bound and mambapy's pscan")
     isa.add_argument("--marches", nargs="+", default=["native", "x86-64-v3"], help="VIVIM_SCAN_MARCH values")
     sub.add_parser("isa-worker")
@@ -593,6 +698,8 @@ def main() -> None:
         bench_export(args)
     if args.command == "fewshot":
         bench_fewshot(args)
+    if args.command == "train":
+        bench_train(args)
     if args.command == "isa":
         bench_isa(args)
     if args.command == "isa-worker":
