@@ -287,12 +287,12 @@ def test_failed_kernel_build_falls_back_with_one_warning(monkeypatch):
 
 @pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="compiled CPU kernel unavailable")
 def test_cpu_kernel_tile_follows_instruction_set():
-    """AVX-512 builds keep a 16-channel x 16-state tile in zmm registers; other builds 8 x 8 (16 ymm registers)."""
+    """AVX-512 builds process 16 channels (one zmm vector) x 16 states per block; other builds 8 channels (one ymm)."""
     from vivim_monai.ops import cpu_kernel
 
     march = cpu_kernel.instruction_set()
     avx512 = march == "x86-64-v4" or (march == "native" and "avx512f" in cpu_kernel._cpu_fingerprint().split())
-    assert tuple(cpu_kernel.load_extension().tile()) == ((16, 16) if avx512 else (8, 8))
+    assert tuple(cpu_kernel.load_extension().tile()) == ((16, 16) if avx512 else (8, 16))
 
 
 @pytest.mark.parametrize(
@@ -326,7 +326,7 @@ def test_unusable_instruction_set_falls_back_with_the_reason(monkeypatch, march,
 
 @pytest.mark.slow
 def test_avx2_build_matches_reference():
-    """The kernel built for AVX2 + FMA (x86-64-v3, the 8 x 8 tile) passes this module's kernel tests in a process of
+    """The kernel built for AVX2 + FMA (x86-64-v3, 8-channel blocks) passes this module's kernel tests in a process of
     its own (the build is chosen once per process)."""
     from vivim_monai.ops import cpu_kernel
 

@@ -11,7 +11,7 @@ single warning says why, and the automatic backend falls back to the pure-PyTorc
 The instruction set is ``-march=native`` unless ``VIVIM_SCAN_MARCH`` names an x86-64 level (``x86-64-v3``: AVX2 +
 FMA; ``x86-64-v4``: AVX-512), e.g. to build for a fleet of AVX2 machines or to measure the AVX2 kernel on an AVX-512
 one. A level this CPU lacks is refused like a failed build (its missing flags are named), since its code would stop
-the process with an illegal instruction. The kernel's register tile follows the level (see the source).
+the process with an illegal instruction. The channel block follows the level (see the source).
 
 Rows (batch x channel) run in parallel on PyTorch's OpenMP thread pool (``torch.set_num_threads``); the state
 dimension is vectorised. Half/bfloat16 inputs are computed in float32; float64 stays float64 (gradcheck).

@@ -15,10 +15,10 @@
 //   states of one chunk at a time from those checkpoints and runs the adjoint recurrence in reverse;
 // * gradients of B, C (shared by all channels of a group) and of A, D, delta_bias (shared over the batch) are
 //   accumulated in per-thread buffers and summed at the end, so no atomics are needed.
-// * the channel-vectorised tile is chosen at build time for the instruction set: 16 channels x 16 states with AVX-512
-//   (the state fills 16 of the 32 zmm registers), 8 channels x 8 states per pass with AVX2 (8 of the 16 ymm registers;
-//   the 16 states take two passes, the second adding to the first's C.h). Build with -fno-trapping-math: under
-//   trapping math GCC does not if-convert fast_exp's clamp without AVX-512 masks, and the exp runs scalar.
+// * the channel-vectorised tile is chosen at build time: 16 channels (one zmm vector) x 16 states with AVX-512, 8
+//   channels (one ymm vector) x 16 states otherwise (measured faster than 16 x 16 and than an 8 x 8 tile that fits the
+//   16 ymm registers in two passes: docs/performance.md section 1b). Build with -fno-trapping-math: under trapping
+//   math GCC leaves fast_exp's clamp as a branch without AVX-512 masks, and the exp runs scalar (16x slower).
 // All accumulation is in the input precision, float32 or float64 (the Python side upcasts half/bfloat16).
 
 #include <torch/extension.h>
@@ -223,53 +223,43 @@ inline void finish_row(const Row<T>& row, T D_d, int64_t length, T* out_row) {
 #if !defined(VIVIM_SCAN_LANES)
 #if defined(__AVX512F__)
 #define VIVIM_SCAN_LANES 16
-#define VIVIM_SCAN_STATE_TILE 16
 #else
 #define VIVIM_SCAN_LANES 8
-#define VIVIM_SCAN_STATE_TILE 8
 #endif
 #endif
-constexpr int64_t kLanes = VIVIM_SCAN_LANES;  // channels per block in the channel-vectorised float path
+constexpr int64_t kLanes = VIVIM_SCAN_LANES;  // channels per block (one vector) in the channel-vectorised float path
 constexpr int64_t kBlockState = 16;          // the state size that path serves
-constexpr int64_t kStateTile = VIVIM_SCAN_STATE_TILE;  // states kept in registers per pass over the sequence
-static_assert(kBlockState % kStateTile == 0, "the state tile must divide the block's state size");
 
 // Channel-vectorised recurrence for up to kLanes channels of one (batch, group) that share B and C, with N = 16
-// states, kStateTile of them per pass: the kStateTile x kLanes state lives in registers, B_t and C_t are broadcast, and
-// y needs no horizontal reduction. dtT/duT hold delta and delta*u transposed to (L, kLanes); yT receives C.h transposed
-// the same way (the first pass writes it, later passes add to it).
+// states: the 16 x kLanes state stays in registers/L1, B_t and C_t are broadcast, and y needs no horizontal reduction.
+// dtT/duT hold delta and delta*u transposed to (L, kLanes); yT receives C.h transposed the same way.
 inline void forward_block(const int64_t* position, int64_t length, int64_t chunk, const float* dtT, const float* duT,
                           const float* AT, const float* B_base, int64_t s_B, const float* C_base, int64_t s_C,
                           float* yT, float* const* ckpt_rows, int64_t count) {
-  for (int64_t n0 = 0; n0 < kBlockState; n0 += kStateTile) {
-    alignas(64) float h[kStateTile * kLanes] = {};
-    for (int64_t start = 0; start < length; start += chunk) {
-      for (int64_t dd = 0; dd < count; ++dd)
-        for (int64_t n = 0; n < kStateTile; ++n)
-          ckpt_rows[dd][(start / chunk) * kBlockState + n0 + n] = h[n * kLanes + dd];
-      const int64_t stop = std::min(length, start + chunk);
-      for (int64_t i = start; i < stop; ++i) {
-        const int64_t m = position[i];
-        const float* dtv = dtT + m * kLanes;
-        const float* duv = duT + m * kLanes;
-        const float* B_m = B_base + m * s_B + n0;
-        const float* C_m = C_base + m * s_C + n0;
-        float* y_m = yT + m * kLanes;
-        alignas(64) float y[kLanes] = {};
-        if (n0 > 0) std::copy(y_m, y_m + kLanes, y);
-        for (int64_t n = 0; n < kStateTile; ++n) {
-          const float bn = B_m[n], cn = C_m[n];
-          float* hn = h + n * kLanes;
-          const float* an = AT + (n0 + n) * kLanes;
-#pragma omp simd aligned(hn, an, y : 64)
-          for (int64_t dd = 0; dd < kLanes; ++dd) {
-            const float hv = fast_exp(dtv[dd] * an[dd]) * hn[dd] + duv[dd] * bn;
-            hn[dd] = hv;
-            y[dd] += cn * hv;
-          }
+  alignas(64) float h[kBlockState * kLanes] = {};
+  for (int64_t start = 0; start < length; start += chunk) {
+    for (int64_t dd = 0; dd < count; ++dd)
+      for (int64_t n = 0; n < kBlockState; ++n) ckpt_rows[dd][(start / chunk) * kBlockState + n] = h[n * kLanes + dd];
+    const int64_t stop = std::min(length, start + chunk);
+    for (int64_t i = start; i < stop; ++i) {
+      const int64_t m = position[i];
+      const float* dtv = dtT + m * kLanes;
+      const float* duv = duT + m * kLanes;
+      const float* B_m = B_base + m * s_B;
+      const float* C_m = C_base + m * s_C;
+      alignas(64) float y[kLanes] = {};
+      for (int64_t n = 0; n < kBlockState; ++n) {
+        const float bn = B_m[n], cn = C_m[n];
+        float* hn = h + n * kLanes;
+        const float* an = AT + n * kLanes;
+#pragma omp simd aligned(hn, an, y : VIVIM_SCAN_LANES * 4)
+        for (int64_t dd = 0; dd < kLanes; ++dd) {
+          const float hv = fast_exp(dtv[dd] * an[dd]) * hn[dd] + duv[dd] * bn;
+          hn[dd] = hv;
+          y[dd] += cn * hv;
         }
-        std::copy(y, y + kLanes, y_m);
       }
+      std::copy(y, y + kLanes, yT + m * kLanes);
     }
   }
 }
@@ -301,8 +291,9 @@ std::vector<torch::Tensor> scan_forward_impl(const torch::Tensor& u, const torch
     static thread_local std::vector<T> scratch;
     static thread_local std::vector<float> slabs;
     if (scratch.size() < static_cast<size_t>(lanes * length)) scratch.resize(lanes * length);
-    if (blocked && slabs.size() < static_cast<size_t>(3 * kLanes * length + kLanes)) {
-      slabs.resize(3 * kLanes * length + kLanes);
+    constexpr int64_t kSlack = 64 / sizeof(float);  // room to move the slabs' start to a 64-byte boundary
+    if (blocked && slabs.size() < static_cast<size_t>(3 * kLanes * length + kSlack)) {
+      slabs.resize(3 * kLanes * length + kSlack);
     }
     T* dt_buffer = scratch.data();
     for (int64_t block = begin; block < end; ++block) {
@@ -687,11 +678,11 @@ double exp_throughput(int64_t elements, int64_t repeats) {
   return seconds;
 }
 
-// The build's channel-vectorised tile: (channels per block, states per pass).
-std::vector<int64_t> tile() { return {kLanes, kStateTile}; }
+// The build's channel-vectorised tile: (channels per block, states).
+std::vector<int64_t> tile() { return {kLanes, kBlockState}; }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("tile", &tile, "(channels per block, states per pass) of the channel-vectorised float32 path");
+  m.def("tile", &tile, "(channels per block, states) of the channel-vectorised float32 path");
   m.def("exp_throughput", &exp_throughput, "seconds for `elements` fast_exp calls x `repeats` on every thread");
   m.def("scan_forward", &scan_forward, "selective scan forward (CPU)");
   m.def("scan_backward", &scan_backward, "selective scan backward (CPU)");
