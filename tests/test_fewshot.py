@@ -424,6 +424,15 @@ def test_auto_learns_from_tracks_only_where_they_cross_the_cine():
     result = segment_with_prompts(gone, label=label, config=AdaptConfig(size=64, steps=2), medsam=sam)
     assert result.method == "adapt" and result.trained_frames == [4] and result.lost == [6, 7, 8, 9]
     assert "reach 60% of the frames (< 90%): adaptation on the labelled frames alone" in result.events[-1]
+    box = [4, *box_of_mask(gone_truth[..., 4] > 0)]
+    result = segment_with_prompts(gone, boxes=[box], config=AdaptConfig(size=64, steps=2), medsam=sam)
+    assert result.method == "adapt" and result.trained_frames == [4] and result.lost == [6, 7, 8, 9]
+    assert "from the boxed frames reach 60% of the frames (< 90%): adaptation on the boxed frames alone" in (
+        result.events[-1]
+    )
+    result = segment_with_prompts(cine, boxes=[box], config=AdaptConfig(size=64, steps=2), medsam=sam)
+    assert result.method == "track+adapt" and len(result.trained_frames) > 1
+    assert "from the boxed frames reach 100% of the frames (>= 90%)" in result.events[-1]
 
 
 def test_auto_records_pick_the_tracked_run_where_the_tracks_crossed_the_cine():
@@ -441,5 +450,20 @@ def test_auto_records_pick_the_tracked_run_where_the_tracks_crossed_the_cine():
         record("c", "k1", 0.8),  # no tracked run: auto's result is unknown, no row
         record("a", "k1+time", 0.55),
     ]
-    chosen = {(r["case_id"], r["method"], r["auto_chose"], r["dice"]) for r in auto_records(records)}
-    assert chosen == {("a", "k1 auto", "k1+track", 0.7), ("b", "k1 auto", "k1", 0.9)}
+    boxes = [
+        {**record("a", "box:track", 0.6), "lost_frames": [0]},  # 9 of 10 frames reached with the boxed one
+        record("a", "box:track+adapt", 0.8),
+        record("a", "box:adapt", 0.4),
+        {**record("b", "box:track", 0.2), "lost_frames": [0, 1]},  # 80 %
+        record("b", "box:track+adapt", 0.3),
+        record("b", "box:adapt", 0.85),
+        {**record("c", "box:track", 0.2), "lost_frames": []},  # no box:adapt run: no row
+        record("c", "box:track+adapt", 0.3),
+    ]
+    chosen = {(r["case_id"], r["method"], r["auto_chose"], r["dice"]) for r in auto_records(records + boxes)}
+    assert chosen == {
+        ("a", "k1 auto", "k1+track", 0.7),
+        ("b", "k1 auto", "k1", 0.9),
+        ("a", "box auto", "box:track+adapt", 0.8),
+        ("b", "box auto", "box:adapt", 0.85),
+    }

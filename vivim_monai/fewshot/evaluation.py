@@ -181,12 +181,21 @@ def evaluate_case(
 
 
 def auto_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What ``method="auto"`` does with a partial label, per cine and k: the ``k<k>+track`` record where the tracks
-    from the labelled frames reached ``TRUST_TRACK_REACH`` of the frames, else the ``k<k>`` one (cines without a
-    ``k<k>+track`` record are left out: auto's result there is not known)."""
+    """What ``method="auto"`` does, per cine: with k labelled frames the ``k<k>+track`` record where the tracks from the
+    labelled frames reached ``TRUST_TRACK_REACH`` of the frames, else the ``k<k>`` one; with the box alone
+    ``box:track+adapt`` where the ``box:track`` run's track reached it, else ``box:adapt``. Cines without the records
+    that decide are left out (auto's result there is not known)."""
     found = {(r["case_id"], r["method"]): r for r in records}
     out = []
     for (case, method), record in found.items():
+        if method == "box:track":
+            tracked, adapted = found.get((case, "box:track+adapt")), found.get((case, "box:adapt"))
+            if tracked is None or adapted is None:
+                continue
+            reached = 1 - len(record["lost_frames"]) / (len(record["frames"]) + 1)  # the boxed frame is not scored
+            chosen = tracked if reached >= TRUST_TRACK_REACH else adapted
+            out.append({**chosen, "method": "box auto", "auto_chose": chosen["method"]})
+            continue
         if not (method.startswith("k") and method[1:].isdigit()):
             continue
         tracked = found.get((case, f"{method}+track"))
