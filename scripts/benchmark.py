@@ -201,8 +201,8 @@ def bench_isa(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- train
-def _train_datalist(args: argparse.Namespace, folder: str) -> tuple[str, str]:
-    """A datalist of the first ``--cases`` cases of ``--data`` (real data), written to ``folder``; its overlay."""
+def _train_datalist(args: argparse.Namespace, folder: str) -> str:
+    """A datalist of the first ``--cases`` cases of ``--data`` (real data), written to ``folder``."""
     from vivim_monai.data import discover_cases, write_datalist
 
     root = os.path.abspath(args.data)
@@ -211,7 +211,7 @@ def _train_datalist(args: argparse.Namespace, folder: str) -> tuple[str, str]:
         raise SystemExit(f"{root}: no {args.layout} cases")
     path = os.path.join(folder, "datalist.json")
     write_datalist(path, entries, root, args.layout, class_names=["background", "foreground"])
-    return path, args.dataset_config
+    return path
 
 
 def bench_train(args: argparse.Namespace) -> None:
@@ -225,8 +225,8 @@ def bench_train(args: argparse.Namespace) -> None:
 
     bundle = os.path.join(os.path.dirname(__file__), "..", "bundle", "configs")
     with tempfile.TemporaryDirectory() as folder:
-        datalist, dataset_config = _train_datalist(args, folder)
-        configs = [os.path.join(bundle, "train.json"), dataset_config, args.overlay]
+        datalist = _train_datalist(args, folder)
+        configs = [os.path.join(bundle, "train.json"), args.dataset_config, args.overlay]
         overrides = {"datalist": datalist, "fold": -1, "epochs": 1, "bundle_root": folder, "num_workers": 0}
         start = time.perf_counter()
         workflow = ConfigWorkflow(
@@ -251,12 +251,12 @@ def bench_train(args: argparse.Namespace) -> None:
         warm = stamps[args.warmup :]
         bundle_rate = sum(n for _, n in warm[1:]) / (warm[-1][0] - warm[0][0])
         loader = workflow.parser.get_parsed_content("train#dataloader")
-        batches, start = 0, time.perf_counter()
+        loaded, start = 0, time.perf_counter()
         shapes = []
         for batch in loader:
-            shapes.append(tuple(batch["image"].shape))
-            batches += int(np.prod(batch["image"].shape[::4]))
-        data_rate = batches / (time.perf_counter() - start)
+            shapes.append(tuple(batch["image"].shape))  # (B, C, H, W, T)
+            loaded += shapes[-1][0] * shapes[-1][-1]
+        data_rate = loaded / (time.perf_counter() - start)
 
         network = workflow.parser.get_parsed_content("network_def", instantiate=True).train()
         loss = workflow.parser.get_parsed_content("loss", instantiate=True)
@@ -272,9 +272,9 @@ def bench_train(args: argparse.Namespace) -> None:
 
         steps = max(len(warm) - 1, 3)
         plain = time_call(step, steps, torch.device("cpu"), warmup=True)
-        plain_rate = int(np.prod(shape[::4])) / plain
+        plain_rate = shape[0] * shape[-1] / plain
     batch, frames = shape[0], shape[-1]
-    print(f"### Training throughput: {os.path.basename(args.overlay)} on {os.path.basename(dataset_config)}\n")
+    print(f"### Training throughput: {os.path.basename(args.overlay)} on {os.path.basename(args.dataset_config)}\n")
     print(f"{args.cases} cases of `{args.data}`, batch {batch} x {frames} frame(s) of {shape[2]} x {shape[3]}, fp32.\n")
     print("| what | frames/s | relative to the plain loop |")
     print("|---|---|---|")

@@ -129,7 +129,6 @@ def load_extension() -> ModuleType | None:
             _STATE["module"] = load(
                 name=name, sources=[str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False
             )
-            _STATE["march"] = march
         except Exception as err:  # no compiler, no headers, a failed build: all mean "use the PyTorch scan"
             _STATE["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
             warnings.warn(
