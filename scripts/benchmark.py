@@ -148,7 +148,7 @@ def isa_worker(args: argparse.Namespace) -> None:
     """One build (``VIVIM_SCAN_MARCH`` of this process): forward times, exp bound, mambapy; one JSON line."""
     ext = cpu_kernel.load_extension()
     if ext is None:
-        print(json.dumps({"march": cpu_kernel.instruction_set(), "error": cpu_kernel.build_error()}))
+        print(json.dumps({"march": os.environ.get(cpu_kernel.MARCH_ENV_VAR, ""), "error": cpu_kernel.build_error()}))
         return
     rate, _ = exp_bound()
     rows = []
@@ -681,31 +681,29 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.command not in ("memory-worker", "isa-worker"):
+    workers = {"memory-worker": memory_worker, "isa-worker": isa_worker}
+    if args.command not in workers:
         print(f"Machine: {machine_description()}\n")
-    if args.command in ("scan", "all"):
-        bench_scan(args)
-    if args.command in ("forward", "all"):
-        bench_forward(args)
-    if args.command == "arms":
-        bench_arms(args)
-    if args.command in ("memory", "all"):
+
+    def memory(args: argparse.Namespace) -> None:
         args.size = args.size_memory
         bench_memory(args)
-    if args.command == "decode":
-        bench_decode(args)
-    if args.command == "export":
-        bench_export(args)
-    if args.command == "fewshot":
-        bench_fewshot(args)
-    if args.command == "train":
-        bench_train(args)
-    if args.command == "isa":
-        bench_isa(args)
-    if args.command == "isa-worker":
-        isa_worker(args)
-    if args.command == "memory-worker":
-        memory_worker(args)
+
+    commands: dict[str, list[Callable[[argparse.Namespace], None]]] = {
+        "scan": [bench_scan],
+        "forward": [bench_forward],
+        "memory": [memory],
+        "all": [bench_scan, bench_forward, memory],
+        "arms": [bench_arms],
+        "decode": [bench_decode],
+        "export": [bench_export],
+        "fewshot": [bench_fewshot],
+        "train": [bench_train],
+        "isa": [bench_isa],
+        **{name: [worker] for name, worker in workers.items()},
+    }
+    for command in commands[args.command]:
+        command(args)
 
 
 if __name__ == "__main__":
