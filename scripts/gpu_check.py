@@ -238,16 +238,22 @@ class Bounded:
         return Outcome(self.process.returncode, time.monotonic() - self.start, timed_out, self.log)
 
     def _kill_group(self) -> None:
-        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        """SIGTERM, then SIGKILL, to the whole group; returns once every member is gone (not only the leader: a
+        grandchild that outlives or ignores SIGTERM is still killed), or after 5 s of grace per signal."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(self.process.pid, sig)
             except ProcessLookupError:
                 return
-            try:
-                self.process.wait(timeout=grace)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+            grace_ends = time.monotonic() + 5.0
+            while time.monotonic() < grace_ends:
+                self.process.poll()  # reap the leader, so only live (or unreaped) members keep the group
+                try:
+                    os.killpg(self.process.pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.05)
+        self.process.poll()
 
 
 def run_bounded(command: Sequence[str], log: Path, timeout: float, env: dict[str, str] | None = None) -> Outcome:

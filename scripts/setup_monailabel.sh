@@ -47,6 +47,14 @@ stamp="$venv/.vivim-monailabel-$(sha256sum "$script" | cut -c1-16)"
 if [ -f "$stamp" ]; then
     exit 0
 fi
+# One setup at a time per environment (two test workers, or two shells): the second waits, then finds the stamp.
+step="waiting for another setup of $venv (lock $venv.lock)"
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
+if [ -f "$stamp" ]; then
+    exit 0
+fi
 
 step="finding Python 3.10-3.12 (monailabel 0.8.5 has no numpymaxflow wheel for 3.13)"
 python=$(pick_python)

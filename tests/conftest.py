@@ -156,8 +156,54 @@ def _reads_real_data(item: pytest.Item, helpers: set[str]) -> bool:
     return any(call in _source(function) for function in functions if function is not None for call in calls)
 
 
+#: The longest test files (quiet 2-core figures in docs/performance.md §9), collected first so that parallel workers
+#: (scripts/test.sh: pytest-xdist, whole files per worker, ``--no-loadscope-reorder``) start them early and finish
+#: together instead of one worker running a long file alone at the end. Only the order changes, never what runs.
+LONGEST_FILES = (
+    "test_monailabel_annotation.py",
+    "test_bundle.py",
+    "test_export.py",
+    "test_released.py",
+    "test_monailabel.py",
+    "test_medivista.py",
+    "test_package.py",
+    "test_fewshot.py",
+    "test_reliability.py",
+    "test_demo.py",
+)
+
+
+#: Files that share a fixed resource run on the same worker, one after the other: both MONAI Label files serve the
+#: packaged bundle from ``<.venv-monailabel>/serve-test`` (a fixed path, so the kernel compiles once; see
+#: tests/test_monailabel.py), and each module's fixture stops a server left there.
+SAME_WORKER = {"tests/test_monailabel_annotation.py": "tests/test_monailabel.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's whole-file scheduling (``--dist loadfile``), with the files of :data:`SAME_WORKER` as one unit
+    of work; other ``--dist`` modes are left to xdist."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedResourceScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SAME_WORKER.get(scope, scope)
+
+    return SharedResourceScheduling(config, log)
+
+
+def _file_rank(item: pytest.Item) -> int:
+    name = item.path.name
+    return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark tests that read the shared real data ``realdata``, and every test without a tier marker ``quick``."""
+    """Mark tests that read the shared real data ``realdata``, and every test without a tier marker ``quick``; the
+    longest files first (:data:`LONGEST_FILES`; a stable sort keeps each file's own order)."""
+    items.sort(key=_file_rank)
     helpers: dict[str, set[str]] = {}
     for item in items:
         module = getattr(item, "module", None)
