@@ -8,6 +8,7 @@
     python scripts/benchmark.py decode    # DICOM decoding: load_cine vs raw pydicom (../shared/data/dicom-cine)
     python scripts/benchmark.py export    # exported Vivim (TorchScript, torch.export, ONNX Runtime) vs eager PyTorch
     python scripts/benchmark.py isa       # the CPU scan built for each instruction set vs its exp bound and mambapy
+    python scripts/benchmark.py postprocess  # evaluation outside the network: argmax and per-frame metrics, per case
     python scripts/benchmark.py train     # training frames/s through the bundle vs a plain PyTorch loop, and where
                                           # the bundle's time goes (data pipeline alone, one-time case caching)
 
@@ -608,6 +609,52 @@ def bench_fewshot(args: argparse.Namespace) -> None:
         print(f"| {name} | {end - start:.1f} | {detail}{lost} |", flush=True)
 
 
+# -------------------------------------------------------------------------------------------------- postprocess
+def bench_postprocess(args: argparse.Namespace) -> None:
+    """Per-case evaluation work outside the network on one full-resolution cine: class indices from the inverted
+    scores (MONAI's ``AsDiscreted(argmax=True)`` vs ``ClassIndicesd``), per-frame pixel counts (MONAI's
+    ``get_confusion_matrix`` on one-hot frames vs ``frame_confusion`` on one-byte index frames), and the whole
+    per-case scoring of ``EvaluationReport`` (overlap, HD95, confusion, temporal), timed interleaved."""
+    from monai.metrics import get_confusion_matrix
+    from monai.transforms import AsDiscreted
+
+    from vivim_monai.metrics import confusion_matrix, frame_confusion, per_frame_metrics, temporal_consistency
+    from vivim_monai.metrics.frames import video_pair
+    from vivim_monai.transforms import ClassIndicesd
+
+    h, w, t = args.height, args.width, args.frames
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    discs = [((rows - h / 2 - f) ** 2 + (cols - w / 2) ** 2 < (h / 6) ** 2) for f in range(t)]
+    label = torch.stack(discs, -1)[None].float()
+    scores = torch.cat([1 - label, label]) * 0.6 + 0.4 * torch.rand(
+        2, h, w, t, generator=torch.Generator().manual_seed(0)
+    )
+    pred = AsDiscreted("pred", argmax=True)({"pred": scores})["pred"]
+    p, y, k = video_pair(pred, label, 2)
+    one_hot_frames = [torch.stack([x == c for c in range(k)], 1).float() for x in (p, y)]
+
+    def report_case() -> None:
+        per_frame_metrics(pred, label, k)
+        confusion_matrix(pred, label, k)
+        temporal_consistency(pred, label, k)
+
+    times = _interleaved_medians(
+        [
+            lambda: AsDiscreted("pred", argmax=True)({"pred": scores}),
+            lambda: ClassIndicesd("pred")({"pred": scores}),
+            lambda: get_confusion_matrix(*one_hot_frames, include_background=True),
+            lambda: frame_confusion(p, y, k),
+            report_case,
+        ],
+        args.repeats,
+    )
+    print(f"Evaluation outside the network: one {h} x {w} x {t} two-class cine, median of {args.repeats}")
+    print("| step | MONAI (s) | vivim-monai (s) | ratio |\n|---|---|---|---|")
+    print(f"| class indices of (2, H, W, T) scores | {times[0]:.3f} | {times[1]:.3f} | {times[0] / times[1]:.1f}x |")
+    print(f"| per-frame pixel counts | {times[2]:.3f} | {times[3]:.3f} | {times[2] / times[3]:.1f}x |")
+    print(f"| EvaluationReport's scoring of the case (HD95 included) | | {times[4]:.3f} | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -659,6 +706,10 @@ def main() -> None:
     fewshot.add_argument("--frames", type=int, default=100)
     fewshot.add_argument("--size", type=int, default=256)
     fewshot.add_argument("--steps", type=int, help="adaptation steps (default: the shipped recipe's)")
+    postprocess = sub.add_parser("postprocess", help="evaluation outside the network: argmax and metrics, per case")
+    postprocess.add_argument("--height", type=int, default=749)
+    postprocess.add_argument("--width", type=int, default=709)
+    postprocess.add_argument("--frames", type=int, default=40)
     train = sub.add_parser("train", help="training frames/s: monai.bundle train workflow vs a plain PyTorch loop")
     train.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "bagls"))
     train.add_argument("--layout", default="bagls")
@@ -698,6 +749,7 @@ def main() -> None:
         "decode": [bench_decode],
         "export": [bench_export],
         "fewshot": [bench_fewshot],
+        "postprocess": [bench_postprocess],
         "train": [bench_train],
         "isa": [bench_isa],
         **{name: [worker] for name, worker in workers.items()},

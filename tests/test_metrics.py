@@ -105,6 +105,28 @@ def test_empty_in_both_is_nan_and_left_out_of_means():
     assert foreground_mean(dice)[1] == 1.0  # frame 1: class 1 only, the NaN class is skipped
 
 
+@pytest.mark.parametrize("k", [2, 16, 17, 256, 257])
+def test_per_frame_counts_match_numpy_whatever_the_index_type(k):
+    """Index maps are narrowed to one byte up to 256 classes and pair codes up to 16 classes; both sides of each
+    boundary count the same as numpy, per frame (confusion) and per video (areas)."""
+    from vivim_monai.metrics import frame_confusion, frame_labels
+
+    gen = np.random.default_rng(k)
+    label = gen.integers(0, k, (5, 4, 3))
+    label[0, 0, 0] = k - 1  # the largest class is present
+    pred = gen.integers(0, k, (5, 4, 3))
+    for t in range(3):
+        expected = np.bincount((label[..., t] * k + pred[..., t]).ravel(), minlength=k * k).reshape(k, k)
+        got = frame_confusion(frame_labels(pred, k), frame_labels(label.astype(np.float32), k), k)[t]
+        np.testing.assert_array_equal(got.numpy(), expected)
+    np.testing.assert_array_equal(
+        class_areas(label, k), [np.bincount(label[..., t].ravel(), minlength=k) for t in range(3)]
+    )
+    np.testing.assert_array_equal(
+        confusion_matrix(pred, label, k), np.bincount((label * k + pred).ravel(), minlength=k * k).reshape(k, k)
+    )
+
+
 def test_confusion_matrix_and_normalisations():
     gen = np.random.default_rng(1)
     k = 4

@@ -18,6 +18,7 @@ import torch
 from monai.data import MetaTensor, decollate_batch
 
 from vivim_monai.io import case_id_for
+from vivim_monai.utils import argmax_indices
 
 __all__ = ["CaseFields", "case_fields", "engine_cases"]
 
@@ -108,7 +109,7 @@ def _index_map(x: Any) -> torch.Tensor | None:
         return x[None]
     if x.ndim != 4:
         raise ValueError(f"expected one case (1 or K, H, W, T), got shape {tuple(x.shape)}")
-    return x.argmax(dim=0, keepdim=True) if x.shape[0] > 1 else x
+    return argmax_indices(x, dim=0, keepdim=True) if x.shape[0] > 1 else x
 
 
 def _meta(*tensors: Any) -> dict[str, Any]:

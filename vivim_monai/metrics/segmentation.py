@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_confusion_matrix_metric, compute_hausdorff_distance
 
-from vivim_monai.metrics.frames import video_pair
+from vivim_monai.metrics.frames import frame_bincount, index_dtype, video_pair
 
 __all__ = [
     "OVERLAP_METRICS",
@@ -53,11 +53,10 @@ OVERLAP_METRICS = {
 
 def frame_confusion(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Pixel confusion matrix of every frame, ``(N, K, K)`` int64, from index frames ``(N, H, W)``."""
-    n = pred.shape[0]
     k = num_classes
-    offsets = torch.arange(n, device=pred.device).view(n, 1, 1) * (k * k)
-    flat = (offsets + label * k + pred).reshape(-1)
-    return torch.bincount(flat, minlength=n * k * k).view(n, k, k)
+    codes_type = index_dtype(k * k)
+    codes = label.to(codes_type) * k + pred.to(codes_type)  # row = ground truth, column = prediction
+    return frame_bincount(codes, k * k).view(-1, k, k)
 
 
 def overlap_per_frame(frame_cm: torch.Tensor, metric: str) -> torch.Tensor:
@@ -90,9 +89,9 @@ def hd95_per_frame(
     out = torch.full((pred.shape[0], num_classes), math.nan, dtype=torch.float64)
     for start in range(0, pred.shape[0], _HD95_FRAMES_PER_CALL):  # bounds the one-hot copies of long videos
         p, y = (
-            torch.nn.functional.one_hot(x[start : start + _HD95_FRAMES_PER_CALL], num_classes).permute(0, 3, 1, 2)
+            torch.stack([x[start : start + _HD95_FRAMES_PER_CALL] == c for c in range(num_classes)], dim=1)
             for x in (pred, label)
-        )
+        )  # (n, K, H, W) bool one-hot
         with warnings.catch_warnings():  # empty masks are handled below; MONAI warns about each
             warnings.filterwarnings("ignore", message=".*may result in nan/inf distance")
             warnings.filterwarnings("ignore", message=".*always_return_as_numpy")

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vivim_monai.metrics.frames import infer_num_classes, video_labels, video_pair
+from vivim_monai.metrics.frames import frame_bincount, infer_num_classes, video_labels, video_pair
 from vivim_monai.metrics.segmentation import frame_confusion, overlap_per_frame
 from vivim_monai.metrics.summary import nanmean
 
@@ -46,8 +46,7 @@ def class_areas(x: torch.Tensor | np.ndarray, num_classes: int | None = None) ->
 
 
 def _areas(labels: torch.Tensor, k: int) -> np.ndarray:
-    offsets = torch.arange(labels.shape[0], device=labels.device).view(-1, 1, 1) * k
-    return torch.bincount((labels + offsets).reshape(-1), minlength=labels.shape[0] * k).view(-1, k).cpu().numpy()
+    return frame_bincount(labels, k).cpu().numpy()
 
 
 def tc_residual(areas: np.ndarray, bounds: np.ndarray) -> np.ndarray:
