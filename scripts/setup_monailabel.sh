@@ -62,9 +62,9 @@ if [ ! -x "$venv/bin/python" ]; then
     step="creating the virtual environment with $python"
     "$python" -m venv "$venv"
 fi
-# --no-compile: Python compiles what it imports on first use; byte-compiling every installed module up front is
-# most of the CPU time of an install from the pip cache and buys nothing for a server that imports a fraction of them.
-install=("$venv/bin/python" -m pip --disable-pip-version-check --quiet install --no-compile)
+# Byte-compiled at install on purpose (no --no-compile): where PYTHONDONTWRITEBYTECODE is set, as on the CI machines,
+# nothing compiled later is kept, and every process would compile torch's modules again on import (measured slower).
+install=("$venv/bin/python" -m pip --disable-pip-version-check --quiet install)
 
 step="installing torch==2.13.0"
 "${install[@]}" "torch==2.13.0"

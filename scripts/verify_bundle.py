@@ -168,9 +168,7 @@ def make_venv(venv: Path, meta: dict) -> Path:
     if python.is_file() and stamp.is_file() and stamp.read_text() == pins:
         return python
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    # --no-compile: Python compiles what it imports on first use; compiling every installed module is most of the
-    # CPU time of an install from the cache (~25 s for torch and its neighbours) and buys nothing here.
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--no-compile"]
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
     for batch in (requirements(meta)[:1], requirements(meta)[1:]):  # torch first: the local CPU wheel if there is one
         done = subprocess.run(pip + batch, capture_output=True, text=True)
         if done.returncode:
