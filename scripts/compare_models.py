@@ -16,11 +16,13 @@ k-fold cross-validation through the bundle (``scripts/cross_validate.py``: same 
 comparison report (``vivim_monai.experiments``): tables per fold and mean ± sd, paired differences, the per-case
 tables of the with-time / without-time pairs, training curves and example overlays as PNG, in ``<output>/report``. A
 model with every fold evaluated is not re-run, finished folds are kept and a killed fold resumes at its last finished
-epoch (``--rerun`` repeats them afresh); ``--final MODEL`` also retrains MODEL on every fold (``<output>/MODEL/final``,
-the weights to release); ``--report-only`` just rebuilds the report, also from an archive without checkpoints
-(``scripts/archive_results.py``; its examples then say which checkpoints are missing); ``--jobs N`` trains N folds
-side by side (any models; each a single-fold ``cross_validate.py`` run logging to ``<output>/logs``, the CPU threads
-shared), then tabulates each model. Nothing here is specific to one dataset.
+epoch (``--rerun`` repeats them afresh; ``--reevaluate`` evaluates the trained folds again under new overrides, e.g.
+test-time flips, without training: run it on a copy of the output folder to keep the first evaluation);
+``--final MODEL`` also retrains MODEL on every fold (``<output>/MODEL/final``, the weights to release);
+``--report-only`` just rebuilds the report, also from an archive without checkpoints (``scripts/archive_results.py``;
+its examples then say which checkpoints are missing); ``--jobs N`` trains N folds side by side (any models; each a
+single-fold ``cross_validate.py`` run logging to ``<output>/logs``, the CPU threads shared), then tabulates each
+model. Nothing here is specific to one dataset.
 """
 
 from __future__ import annotations
@@ -104,12 +106,14 @@ def cross_validate_command(
     folds: list[int] | None = None,
     final: bool = False,
     rerun: bool = False,
+    reevaluate: bool = False,
 ) -> list[str]:
     """``scripts/cross_validate.py`` for one model: all folds (then it also tabulates them) or only ``folds``."""
     command = [sys.executable, str(REPO / "scripts" / "cross_validate.py"), str(datalist), "--output", str(run)]
     command += ["--folds", *map(str, folds)] if folds is not None else []
     command += ["--final"] if final else []
     command += ["--rerun"] if rerun else []
+    command += ["--reevaluate"] if reevaluate else []
     for config in configs:
         command += ["--config", str(config)]
     for override in overrides:
@@ -126,6 +130,7 @@ def run_folds_side_by_side(
     jobs: int,
     rerun: bool,
     env: dict[str, str] | None = None,
+    reevaluate: bool = False,
 ) -> list[str]:
     """Train and evaluate the unfinished folds of ``models`` as single-fold runs, ``jobs`` at a time, with the CPU
     threads shared between them (``OMP_NUM_THREADS`` unless set); each logs to ``<output>/logs/<model>_fold_<k>.log``.
@@ -135,9 +140,11 @@ def run_folds_side_by_side(
     todo, folds = [], datalist_folds(datalist)
     for model in models:
         run, configs = output / model, [dataset_config, REPO / "configs" / f"{model}.json"]
-        done = [] if rerun else evaluated_folds(run, folds)
+        done = [] if rerun or reevaluate else evaluated_folds(run, folds)
         for fold in (k for k in folds if k not in done):
-            command = cross_validate_command(datalist, run, configs, overrides, folds=[fold], rerun=rerun)
+            command = cross_validate_command(
+                datalist, run, configs, overrides, folds=[fold], rerun=rerun, reevaluate=reevaluate
+            )
             todo.append(Job(f"{model} fold {fold}", command, output / "logs" / f"{model}_fold_{fold}.log"))
     env = dict(os.environ if env is None else env)
     env.setdefault("OMP_NUM_THREADS", str(threads_per_job(jobs)))
@@ -170,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--final", nargs="+", default=[], metavar="MODEL", help="also retrain these on every fold")
     parser.add_argument("--rerun", action="store_true")
     parser.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="evaluate every trained fold again under these overrides, without training (replaces the evaluation)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -186,9 +198,19 @@ def main(argv: list[str] | None = None) -> int:
     dataset_config = Path(args.dataset_config).resolve()
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.reevaluate and (args.rerun or args.final or args.report_only):
+        parser.error("--reevaluate evaluates trained folds only: not with --rerun, --final or --report-only")
     if args.jobs > 1 and not args.report_only:
         failed = run_folds_side_by_side(
-            datalist, output, args.models, dataset_config, args.set, args.jobs, args.rerun, env=env
+            datalist,
+            output,
+            args.models,
+            dataset_config,
+            args.set,
+            args.jobs,
+            args.rerun,
+            env=env,
+            reevaluate=args.reevaluate,
         )
         if failed:
             print(f"failed: {', '.join(failed)} (logs in {output / 'logs'}); no report", file=sys.stderr)
@@ -197,11 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     for model in [] if args.report_only else args.models:
         run, configs = output / model, [dataset_config, REPO / "configs" / f"{model}.json"]
         final = model in args.final and not (run / "final" / "models" / "model.pt").is_file()
-        if args.jobs == 1 and fully_evaluated(run, folds) and not args.rerun and not final:
+        if args.jobs == 1 and fully_evaluated(run, folds) and not (args.rerun or args.reevaluate or final):
             print(f"{model}: already cross-validated in {run}")
             continue
         rerun = args.rerun and args.jobs == 1  # side by side, the folds have just run: this tabulates (and --final)
-        command = cross_validate_command(datalist, run, configs, args.set, final=final, rerun=rerun)
+        reevaluate = args.reevaluate and args.jobs == 1
+        command = cross_validate_command(
+            datalist, run, configs, args.set, final=final, rerun=rerun, reevaluate=reevaluate
+        )
         subprocess.run(command, check=True, env=env)
     from vivim_monai.experiments import write_comparison
 

@@ -14,7 +14,9 @@ config overlays after ``train.json`` (e.g. ``configs/carotid.json``, ``configs/v
 passes bundle overrides to every run (JSON values). A fold already evaluated is kept; a fold whose training was
 killed resumes at its last finished epoch (the rolling ``models/checkpoint_epoch=N.pt`` restores network, optimizer,
 scheduler, trainer and random states, so it ends as an uninterrupted run would; its recorded training time is that of
-the resumed part); ``--rerun`` repeats folds afresh.
+the resumed part); ``--rerun`` repeats folds afresh. ``--reevaluate`` only evaluates the trained folds again
+(``models/model.pt``) under this run's overrides, replacing their evaluation and keeping their training times: another
+inference setting without retraining (give the training's ``--set`` too, so ``cv_timing.json`` records both).
 """
 
 from __future__ import annotations
@@ -134,18 +136,34 @@ def main(argv: list[str] | None = None) -> int:
         "--bundle", help="bundle folder (configs/; default: the checkout's bundle/ or $VIVIM_BUNDLE_DIR)"
     )
     parser.add_argument("--rerun", action="store_true", help="repeat folds an earlier run already evaluated")
+    parser.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="evaluate the trained folds again under these overrides, without training (replaces their evaluation)",
+    )
     args = parser.parse_args(argv)
+    if args.reevaluate and (args.rerun or args.final):
+        parser.error("--reevaluate evaluates trained folds only: it cannot be combined with --rerun or --final")
     datalist, output, bundle = Path(args.datalist).resolve(), Path(args.output).resolve(), find_bundle(args.bundle)
     overrides = dict(parse_override(text) for text in args.set)
     overlays = [str(Path(c).resolve()) for c in args.config]
     train, evaluate = ["train.json", *overlays], ["train.json", *overlays, "evaluate.json"]
     recorded = [config_record(c) for c in overlays]  # portable: the report rebuilds on another machine
     done = _finished_seconds(output / "cv_timing.json")
-    summaries, seconds = {}, dict(done)  # folds not run this time keep their wall times
+    # this run's own wall times: the file keeps the others' (folds not run now, or run by another process meanwhile)
+    summaries, seconds = {}, {}
     for fold in fold_ids(datalist, args.folds):
         run = {**overrides, "bundle_root": str(output / f"fold_{fold}"), "datalist": str(datalist), "fold": fold}
         summary = output / f"fold_{fold}" / "eval" / "metrics_summary.json"
-        if summary.is_file() and f"evaluate_fold_{fold}" in done and not args.rerun:
+        if args.reevaluate:
+            model = output / f"fold_{fold}" / "models" / "model.pt"
+            if not model.is_file():
+                raise SystemExit(f"{model}: fold {fold} has no trained model to evaluate again")
+            seconds[f"evaluate_fold_{fold}"] = run_bundle(
+                f"evaluate fold {fold} again", bundle_command(bundle, evaluate, run)
+            )
+            _write_timing(output, seconds, recorded, overrides)
+        elif summary.is_file() and f"evaluate_fold_{fold}" in done and not args.rerun:
             print(f"fold {fold}: already evaluated in {summary.parent} (--rerun repeats it)")
         else:
             state = None if args.rerun else resumable_state(output / f"fold_{fold}")
@@ -158,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             _write_timing(output, seconds, recorded, overrides)
         summaries[fold] = json.loads(summary.read_text())
+    evaluated = {**_finished_seconds(output / "cv_timing.json"), **seconds}
     for fold in fold_ids(datalist, None):  # folds evaluated by earlier runs belong in the table too
         summary = output / f"fold_{fold}" / "eval" / "metrics_summary.json"
-        if fold not in summaries and summary.is_file() and f"evaluate_fold_{fold}" in seconds:
+        if fold not in summaries and summary.is_file() and f"evaluate_fold_{fold}" in evaluated:
             summaries[fold] = json.loads(summary.read_text())
     summaries = dict(sorted(summaries.items()))
     if args.final:

@@ -11,7 +11,8 @@ Writes, atomically:
 * ``bundle/models/<name>.pt``: ``{"model": state_dict}`` with floating-point tensors stored as float16 (loading casts
   them back to the network's dtype; the evaluation below runs on exactly these rounded weights);
 * ``bundle/configs/<name>.json``: an overlay for ``inference.json`` (and ``train.json`` + ``evaluate.json``) with the
-  network, classes, normalisation and geometry the model was trained with, and ``ckpt_path`` on the weights, so
+  network, classes, normalisation, geometry and test-time flips the model was trained with (from the two overlays, then
+  the training's ``--set`` overrides of those keys), and ``ckpt_path`` on the weights, so
   ``--config_file "['configs/inference.json','configs/<name>.json']"`` runs it by name;
 * an entry of ``bundle/models/released.json``: file, sha256, size, parameters, training data and licence, the
   command, and the Dice / Jaccard of these weights on every frame of the developer data (``evaluate.json``: the
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from vivim_monai.bundle_cli import bundle_command, find_bundle, run_bundle
+from vivim_monai.bundle_cli import bundle_command, find_bundle, parse_override, run_bundle
 from vivim_monai.data import LAYOUTS, discover_cases, write_datalist
 from vivim_monai.networks.weights import checkpoint_state, read_checkpoint
 from vivim_monai.utils import atomic_write
@@ -49,6 +50,7 @@ INFERENCE_KEYS = (
     "fan_method",
     "spatial_size",
     "clip_length",
+    "test_time_flips",
 )
 
 
@@ -61,11 +63,15 @@ def half_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def inference_overlay(name: str, dataset_config: Path, network_config: Path) -> dict[str, Any]:
-    """The settings of both overlays that inference needs, the network without its pretrained-encoder loading."""
+def inference_overlay(
+    name: str, dataset_config: Path, network_config: Path, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The settings of both overlays, then of the training's ``overrides``, that inference needs (``INFERENCE_KEYS``;
+    the other overrides are training recipe), the network without its pretrained-encoder loading."""
     merged: dict[str, Any] = {}
     for path in (dataset_config, network_config):
         merged.update(json.loads(path.read_text()))
+    merged.update(overrides or {})
     overlay: dict[str, Any] = {"_desc_": f"Released model {name}: run with inference.json (see models/{MANIFEST})"}
     overlay.update({key: merged[key] for key in INFERENCE_KEYS if key in merged})
     network = {k: v for k, v in merged["network_def"].items() if k != "_desc_"}
@@ -128,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         '"dice_foreground": x} measured on data the model never saw',
     )
     parser.add_argument("--known-failures", required=True, help="where it is not known to work")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override the training used (as for cross_validate.py); inference settings among them are released",
+    )
     parser.add_argument("--bundle", type=Path, help="bundle folder (default: the checkout's bundle/)")
     args = parser.parse_args(argv)
     if not args.name.isidentifier():
@@ -137,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = bundle / "models" / f"{args.name}.pt"
     atomic_write(weights, lambda tmp: torch.save({"model": state}, tmp))
     overlay_path = bundle / "configs" / f"{args.name}.json"
-    overlay = inference_overlay(args.name, args.dataset_config, args.network_config)
+    overrides = dict(parse_override(text) for text in args.set)
+    overlay = inference_overlay(args.name, args.dataset_config, args.network_config, overrides)
     atomic_write(overlay_path, lambda tmp: Path(tmp).write_text(json.dumps(overlay, indent=4) + "\n"))
     network = ConfigParser({**overlay, "in_channels": overlay.get("in_channels", 3)})
     network["num_classes"] = len(overlay["class_names"])

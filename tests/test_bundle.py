@@ -175,9 +175,11 @@ def test_paper_recipe_overlay_trains_the_edge_head(tmp_path):
 
 
 @pytest.mark.slow
-def test_cross_validation_resumes_a_killed_fold_and_retrains_a_finished_unevaluated_one(tmp_path):
-    """A fold whose training stopped after epoch 1 of 2 (its rolling state says so) resumes at epoch 2; a fold whose
-    training had finished but was never evaluated trains afresh rather than resuming a finished run."""
+def test_cross_validation_runs_folds_apart_keeps_what_is_done_and_resumes_what_was_killed(tmp_path):
+    """One scenario, five runs of the script: a fold alone (as on another machine); ``--final`` keeps it and adds the
+    other fold and the retrain; a repeat trains nothing. Then a fold whose training stopped after epoch 1 of 2 (its
+    rolling state says so) resumes at epoch 2, and a fold whose training had finished but was never evaluated trains
+    afresh rather than resuming a finished run."""
     datalist = make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
     output = tmp_path / "cv"
     command = [sys.executable, "scripts/cross_validate.py", str(datalist), "--output", str(output)]
@@ -190,7 +192,22 @@ def test_cross_validation_resumes_a_killed_fold_and_retrains_a_finished_unevalua
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout + result.stderr
 
-    run("--set", "epochs=1")  # both folds trained one epoch and evaluated
+    first = run("--set", "epochs=1", "--folds", "1")  # one fold alone first, as when folds run on different machines
+    assert "train fold 1" in first and "train fold 0" not in first
+    second = run("--set", "epochs=1", "--final")
+    assert "fold 1: already evaluated" in second and "train fold 0" in second, "the earlier fold is kept"
+    third = run("--set", "epochs=1", "--folds", "1")
+    assert "fold 1: already evaluated" in third and "train fold" not in third
+    timing = json.loads((output / "cv_timing.json").read_text())["seconds"]
+    assert {"train_fold_0", "evaluate_fold_0", "train_fold_1", "evaluate_fold_1", "train_final"} <= set(timing), timing
+    table = (output / "cv_summary.md").read_text()
+    assert "| metric | class | fold_0 | fold_1 | mean ± sd |" in table and "| dice | foreground_mean |" in table
+    rows = (output / "cv_summary.csv").read_text().splitlines()
+    assert rows[0] == "metric,class,fold_0,fold_1,mean,sd" and len(rows) == 1 + 6 * 4
+    final = torch.load(output / "final" / "models" / "model.pt", weights_only=True)
+    assert set(final) == {"model"}, "the final retrain saves its last weights"
+    assert not (output / "final" / "eval" / "metrics_summary.json").exists(), "no validation in the retrain"
+
     state_path = output / "fold_0" / "models" / "checkpoint_epoch=1.pt"
     state = torch.load(state_path, weights_only=True)
     assert state["trainer"]["max_epochs"] == 1
@@ -208,36 +225,6 @@ def test_cross_validation_resumes_a_killed_fold_and_retrains_a_finished_unevalua
     printed = run("--set", "epochs=1", "--folds", "1")  # fold 1's state is at its last epoch: train afresh
     assert "resuming the interrupted training" not in printed
     assert re.findall(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete", printed) == ["1"]
-
-
-@pytest.mark.slow
-def test_cross_validation_script_runs_every_fold_and_the_final_model(tmp_path):
-    datalist = make_phantom_data(tmp_path, cases=4, frames=6, folds=2)
-    command = [sys.executable, "scripts/cross_validate.py", str(datalist), "--output", str(tmp_path / "cv")]
-    overrides = ["epochs=1", "spatial_size=[64,64]", "max_numerosity=1"]
-    overrides += [f"{key}={json.dumps(value)}" for key, value in TINY_NETWORK.items()]
-    command += [arg for o in overrides for arg in ("--set", o)]
-
-    def run(*extra: str) -> str:
-        result = subprocess.run([*command, *extra], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return result.stdout
-
-    first = run("--folds", "1")  # one fold alone first, as when folds run on different machines
-    assert "train fold 1" in first and "train fold 0" not in first
-    second = run("--final")
-    assert "fold 1: already evaluated" in second and "train fold 0" in second, "the earlier fold is kept"
-    third = run("--folds", "1")
-    assert "fold 1: already evaluated" in third and "train fold" not in third
-    timing = json.loads((tmp_path / "cv" / "cv_timing.json").read_text())["seconds"]
-    assert {"train_fold_0", "evaluate_fold_0", "train_fold_1", "evaluate_fold_1", "train_final"} <= set(timing), timing
-    table = (tmp_path / "cv" / "cv_summary.md").read_text()
-    assert "| metric | class | fold_0 | fold_1 | mean ± sd |" in table and "| dice | foreground_mean |" in table
-    rows = (tmp_path / "cv" / "cv_summary.csv").read_text().splitlines()
-    assert rows[0] == "metric,class,fold_0,fold_1,mean,sd" and len(rows) == 1 + 6 * 4
-    final = torch.load(tmp_path / "cv" / "final" / "models" / "model.pt", weights_only=True)
-    assert set(final) == {"model"}, "the final retrain saves its last weights"
-    assert not (tmp_path / "cv" / "final" / "eval" / "metrics_summary.json").exists(), "no validation in the retrain"
 
 
 def _frame_folder_dataset(root: Path, frames_per_case=(7, 9, 6, 8)) -> Path:

@@ -86,3 +86,29 @@ def test_bundle_command_values_reach_monai_bundle_run_typed():
     for key, value in values.items():
         assert DefaultParseValue(command[command.index(f"--{key}") + 1]) == value
     assert command[command.index("--bundle_root") + 1] == "/tmp/x"
+
+
+@pytest.mark.parametrize(
+    "files, key",
+    [
+        (["train.json"], "validate#inferer"),
+        (["train.json", "evaluate.json"], "validate#inferer"),
+        (["inference.json"], "inferer"),
+    ],
+)
+def test_test_time_flips_wrap_the_sliding_clip_inferer_of_validation_and_inference(files, key):
+    """Off by default (the identity alone); a dataset overlay's ``test_time_flips`` turns on the flip ensemble of
+    evaluation and inference alike, around the unchanged sliding-clip inferer (Gaussian blending in evaluate.json)."""
+    from vivim_monai.inferers import FlipEnsembleInferer, SlidingClipInferer
+
+    paths = [str(REPO_ROOT / "bundle" / "configs" / f) for f in files]
+    for flips, expected in (([], [()]), ([0, 1], [(), (0,), (1,), (0, 1)])):
+        parser = ConfigParser()
+        parser.read_config(paths)
+        if flips:
+            parser["test_time_flips"] = flips
+        inferer = parser.get_parsed_content(key)
+        assert isinstance(inferer, FlipEnsembleInferer) and inferer.flips == expected
+        assert isinstance(inferer.inferer, SlidingClipInferer)
+        gaussian = files[-1] != "train.json"
+        assert (inferer.inferer.mode == "gaussian") == gaussian, inferer.inferer.mode

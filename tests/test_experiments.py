@@ -500,6 +500,59 @@ def test_compare_models_runs_each_unfinished_fold_once_side_by_side(tmp_path, ph
     assert compare.main(argv) == 1  # a failed fold: no report
 
 
+def test_reevaluation_evaluates_every_trained_fold_again_and_trains_nothing(tmp_path, phantom, monkeypatch):
+    """``--reevaluate``: one evaluate-only bundle run per fold, evaluated or not, under the new overrides (e.g.
+    test-time flips); training times are kept; a fold without a trained model stops the run by name."""
+    cross_validate, compare = load_script("cross_validate"), load_script("compare_models")
+    output = build_output(tmp_path, phantom)  # vivim_tiny: fold 0 trained and evaluated, fold 1 evaluated only
+    run = output / "vivim_tiny"
+    before = json.loads((run / "cv_timing.json").read_text())["seconds"]
+    ran = []
+    monkeypatch.setattr(cross_validate, "run_bundle", lambda title, command: ran.append((title, command)) or 7.0)
+    argv = [str(output / "datalist_folds.json"), "--output", str(run), "--set", "test_time_flips=[0,1]"]
+    assert cross_validate.main([*argv, "--folds", "0", "--reevaluate"]) == 0
+    [(title, command)] = ran
+    assert title == "evaluate fold 0 again"
+    configs = json.loads(command[command.index("--config_file") + 1])
+    assert [Path(c).name for c in configs] == ["train.json", "evaluate.json"], "evaluation only, no training run"
+    assert command[command.index("--test_time_flips") + 1] == "[0, 1]"
+    assert command[command.index("--bundle_root") + 1] == str(run / "fold_0")
+    timing = json.loads((run / "cv_timing.json").read_text())
+    assert timing["seconds"] == {**before, "evaluate_fold_0": 7.0}, "training times kept, the evaluation replaced"
+    assert timing["overrides"] == {"test_time_flips": [0, 1]}
+    with pytest.raises(SystemExit, match=r"fold_1/models/model\.pt: fold 1 has no trained model"):
+        cross_validate.main([*argv, "--folds", "1", "--reevaluate"])
+
+    # side by side: fold 1 is evaluated again by another process while this one evaluates fold 0; neither run's
+    # new time may be overwritten by the old one the other read at its start
+    (run / "fold_1" / "models").mkdir()
+    (run / "fold_1" / "models" / "model.pt").write_bytes((run / "fold_0" / "models" / "model.pt").read_bytes())
+
+    def fold_0_while_fold_1_finishes(title, command):
+        if title == "evaluate fold 0 again":
+            with monkeypatch.context() as inner:
+                inner.setattr(cross_validate, "run_bundle", lambda title, command: 9.0)
+                cross_validate.main([*argv, "--folds", "1", "--reevaluate"])
+        return 8.0
+
+    monkeypatch.setattr(cross_validate, "run_bundle", fold_0_while_fold_1_finishes)
+    assert cross_validate.main([*argv, "--folds", "0", "--reevaluate"]) == 0
+    seconds = json.loads((run / "cv_timing.json").read_text())["seconds"]
+    assert (seconds["evaluate_fold_0"], seconds["evaluate_fold_1"]) == (8.0, 9.0), seconds
+    assert seconds["train_fold_1"] == before["train_fold_1"]
+    for combined in ("--rerun", "--final"):
+        with pytest.raises(SystemExit):
+            cross_validate.main([*argv, "--reevaluate", combined])
+
+    submitted = []
+    monkeypatch.setattr(parallel, "run_jobs", lambda jobs, workers, env: submitted.append(jobs) or [])
+    compare.run_folds_side_by_side(
+        output / "datalist_folds.json", output, ["vivim_tiny"], phantom[1], [], 2, rerun=False, reevaluate=True
+    )
+    assert [job.name for job in submitted[0]] == ["vivim_tiny fold 0", "vivim_tiny fold 1"], "evaluated folds too"
+    assert all("--reevaluate" in job.command and "--rerun" not in job.command for job in submitted[0])
+
+
 def _fake_report(output: Path) -> Path:
     path = output / "report" / "comparison.md"
     path.parent.mkdir(parents=True, exist_ok=True)

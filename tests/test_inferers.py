@@ -3,6 +3,7 @@ bound, short cines, tuple outputs, metadata and config/evaluator use."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -10,7 +11,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.data.utils import compute_importance_map
 
-from vivim_monai.inferers import SlidingClipInferer, clip_windows
+from vivim_monai.inferers import FlipEnsembleInferer, SlidingClipInferer, clip_windows, flip_combinations
 from vivim_monai.networks import Vivim
 
 
@@ -202,3 +203,51 @@ def test_bundle_config_and_evaluator():
     evaluator.run()
     assert evaluator.state.output[0]["pred"].shape == (3, 16, 16, 11)
     assert net.max_frames == 5
+
+
+def test_flip_combinations_are_every_subset_identity_first():
+    assert flip_combinations([0, 1]) == [(), (0,), (1,), (0, 1)]
+    assert flip_combinations([1]) == [(), (1,)] and flip_combinations([]) == [()]
+    for bad in ([0, 0], [-1]):
+        with pytest.raises(ValueError, match="distinct non-negative"):
+            flip_combinations(bad)
+
+
+@pytest.mark.parametrize("axes", [[0, 1], [1], []])
+def test_flip_ensemble_is_the_mean_of_the_flipped_back_predictions(axes):
+    """The oracle flips with numpy, runs the network on each copy and flips back; an asymmetric network makes every
+    copy differ, so a missing or wrong flip shows."""
+    net, clip = network(seed=3), cine(7, batch=2, seed=4)
+    inner = SlidingClipInferer(clip_length=3, overlap=1)
+    with torch.no_grad():
+        copies = []
+        for flip in flip_combinations(axes):
+            dims = tuple(axis + 2 for axis in flip)
+            flipped = torch.from_numpy(np.flip(clip.numpy(), dims).copy())
+            copies.append(np.flip(inner(flipped, net).numpy(), dims))
+    expected = np.mean(copies, axis=0)
+    got = FlipEnsembleInferer(inner, spatial_axes=axes)(clip, net)
+    assert got.shape == (2, 3, 16, 16, 7)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    if axes:
+        assert not np.allclose(copies[0], copies[-1], atol=1e-3), "the test network must not be flip-symmetric"
+    else:
+        np.testing.assert_array_equal(got.numpy(), copies[0])
+
+
+def test_flip_ensemble_never_flips_time_and_runs_from_a_bundle_config():
+    net = network(seed=5)
+    with pytest.raises(ValueError, match="before the time axis"):
+        FlipEnsembleInferer(SlidingClipInferer(clip_length=3), spatial_axes=[2])(cine(4), net)
+    clip = MetaTensor(cine(6), meta={"filename_or_obj": "clip.dcm"})
+    parser = ConfigParser(
+        {
+            "inferer": {
+                "_target_": "vivim_monai.inferers.FlipEnsembleInferer",
+                "inferer": {"_target_": "vivim_monai.inferers.SlidingClipInferer", "clip_length": 3},
+                "spatial_axes": [0, 1],
+            }
+        }
+    )
+    out = parser.get_parsed_content("inferer")(clip, net)
+    assert out.shape == (1, 3, 16, 16, 6) and net.max_frames == 3
