@@ -37,9 +37,9 @@ class FlipEnsembleInferer(Inferer):
         spatial_axes: spatial axes to mirror, 0 = H and 1 = W of ``(B, C, H, W, T)`` clips. ``[0, 1]`` gives four
             copies (identity, H, W, both); ``[1]`` two; ``[]`` only the identity (the inner inferer alone).
 
-    The time axis is never flipped: a temporal network's past and future are not symmetric. A network returning
-    ``(seg, edge, ...)`` is not supported here (the inner inferer reduces it). Outputs must keep the input's spatial
-    size, as segmentation logits do.
+    The time axis is never flipped: a temporal network's past and future are not symmetric. The inner inferer must
+    return one tensor of the input's spatial size, as segmentation logits are (``SlidingClipInferer`` reduces a
+    ``(seg, edge)`` output to ``seg``).
     """
 
     def __init__(self, inferer: Inferer, spatial_axes: Sequence[int] = (0, 1)) -> None:
