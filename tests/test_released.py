@@ -109,3 +109,21 @@ def test_a_model_that_failed_on_unseen_patients_is_not_released():
     # vtus_nodule scored Dice 0.000 on another patient's video: it must not come back without new evidence
     assert "vtus_nodule" not in RELEASED
     assert not (MODELS / "vtus_nodule.pt").exists()
+
+
+def test_a_release_keeps_the_inference_settings_its_training_overrode():
+    """``release_model.py --set``: overrides of inference keys (the 224 x 224 a recipe trained at, test-time flips)
+    reach the released overlay; training-only overrides (batch, loss) do not, and the encoder is not re-downloaded."""
+    release = load_script("release_model")
+    overrides = {"spatial_size": [224, 224], "test_time_flips": [0, 1], "batch_size": 4, "loss#batch": True}
+    overlay = release.inference_overlay(
+        "glottis", REPO_ROOT / "configs" / "bagls.json", REPO_ROOT / "configs" / "flexunet_lite0_frames.json", overrides
+    )
+    assert overlay["spatial_size"] == [224, 224] and overlay["test_time_flips"] == [0, 1]
+    assert overlay["class_names"] == ["background", "glottis"] and overlay["use_fan"] is False
+    assert not {"batch_size", "loss#batch", "epochs", "learning_rate"} & set(overlay)
+    assert overlay["network_def"]["network"]["pretrained"] is False
+    plain = release.inference_overlay(
+        "glottis", REPO_ROOT / "configs" / "bagls.json", REPO_ROOT / "configs" / "flexunet_lite0_frames.json"
+    )
+    assert plain["spatial_size"] == [256, 256] and "test_time_flips" not in plain
