@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration  # whole workflows, subprocesses or exports
 INTERACTIVE = f"{MODEL}_interactive"
 #: a quicker adaptation for the test (the shipped recipe, 150 steps at 192 x 192, is measured by
 #: scripts/annotation_session.py): at 128 x 128 and 50 steps this acquisition's rounds reach Dice 0.82 / 0.88 / 0.89
-#: (0.78 / 0.84 / 0.87 at 192 x 192) in a third of the adaptation time
+#: (0.78 / 0.84 / 0.87 at 192 x 192), and the test takes 202 s instead of 296 s (docs/performance.md §9c)
 SESSION_RECIPE = {"steps": 50, "size": 128}
 
 
