@@ -29,3 +29,21 @@ def test_bad_arguments_and_inputs():
         PerFrameUNet(channels=(8, 16, 32), strides=(2,))
     with pytest.raises(ValueError, match="expects a clip"):
         FrameWise(torch.nn.Identity())(torch.zeros(1, 1, 8, 8))
+
+
+def test_channels_last_is_a_layout_not_a_different_network():
+    """The NHWC default computes what the contiguous-layout network computes, and state dicts move between them."""
+    torch.manual_seed(1)
+    plain = PerFrameUNet(in_channels=1, out_channels=2, channels=(8, 16, 32), strides=(2, 2), channels_last=False)
+    nhwc = PerFrameUNet(in_channels=1, out_channels=2, channels=(8, 16, 32), strides=(2, 2))
+    nhwc.load_state_dict(plain.state_dict())
+    convolutions = [p for p in nhwc.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    assert all(p.is_contiguous() for p in plain.parameters())
+    x = torch.randn(2, 1, 32, 48, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc.eval()(x), plain.eval()(x), rtol=1e-5, atol=1e-6)
+    back = PerFrameUNet(in_channels=1, out_channels=2, channels=(8, 16, 32), strides=(2, 2), channels_last=False)
+    back.load_state_dict(nhwc.state_dict())
+    for key, value in back.state_dict().items():
+        torch.testing.assert_close(value, plain.state_dict()[key], rtol=0, atol=0)

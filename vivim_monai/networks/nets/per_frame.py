@@ -2,6 +2,9 @@
 
 This is the frame-by-frame comparison point for Vivim (the claim under test is that modelling time helps).
 Frames are folded into the batch, so batch-norm statistics and throughput match a 2-D model trained on frames.
+The frames and the 2-D network's weights are kept channels-last (NHWC) by default: oneDNN's CPU convolutions,
+depthwise ones above all, run faster on that layout with the same arithmetic (``docs/performance.md`` §8d;
+PyTorch's channels-last tutorial).
 """
 
 from __future__ import annotations
@@ -16,17 +19,25 @@ __all__ = ["FrameWise", "PerFrameUNet"]
 
 
 class FrameWise(nn.Module):
-    """Wrap a 2-D network ``(N, C, H, W) -> (N, K, H, W)`` so it maps clips ``(B, C, H, W, T) -> (B, K, H, W, T)``."""
+    """Wrap a 2-D network ``(N, C, H, W) -> (N, K, H, W)`` so it maps clips ``(B, C, H, W, T) -> (B, K, H, W, T)``.
 
-    def __init__(self, network: nn.Module) -> None:
+    ``channels_last`` stores the network's 4-D weights and feeds its frames in the NHWC memory layout (a layout,
+    not a change of values: state dicts load into and from either layout unchanged).
+    """
+
+    def __init__(self, network: nn.Module, channels_last: bool = True) -> None:
         super().__init__()
-        self.network = network
+        self.network = network.to(memory_format=torch.channels_last) if channels_last else network
+        self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise ValueError(f"{type(self).__name__} expects a clip (B, C, H, W, T), got shape {tuple(x.shape)}")
         batch, channels, height, width, frames = x.shape
-        out = self.network(x.permute(0, 4, 1, 2, 3).reshape(batch * frames, channels, height, width))
+        frames_2d = x.permute(0, 4, 1, 2, 3).reshape(batch * frames, channels, height, width)
+        if self.channels_last:
+            frames_2d = frames_2d.contiguous(memory_format=torch.channels_last)
+        out = self.network(frames_2d)
         return out.reshape(batch, frames, *out.shape[1:]).permute(0, 2, 3, 4, 1)
 
 
@@ -45,6 +56,7 @@ class PerFrameUNet(FrameWise):
         num_res_units: int = 2,
         dropout: float = 0.0,
         norm: str = "batch",
+        channels_last: bool = True,
     ) -> None:
         if len(strides) != len(channels) - 1:
             raise ValueError(f"PerFrameUNet needs len(strides) == len(channels) - 1, got {strides} and {channels}")
@@ -58,5 +70,6 @@ class PerFrameUNet(FrameWise):
                 num_res_units=num_res_units,
                 dropout=dropout,
                 norm=norm,
-            )
+            ),
+            channels_last=channels_last,
         )
