@@ -11,6 +11,8 @@
     python scripts/benchmark.py postprocess  # evaluation outside the network: argmax and per-frame metrics, per case
     python scripts/benchmark.py train     # training frames/s through the bundle vs a plain PyTorch loop, and where
                                           # the bundle's time goes (data pipeline alone, one-time case caching)
+    python scripts/benchmark.py layout    # a per-frame network's training and inference frames/s, channels-last
+                                          # (NHWC, the default) against the contiguous (NCHW) layout
 
 All rows of one run are measured side by side on the same machine, so their ratios are comparable. Times are the
 median of ``--repeats`` runs after a warm-up (CUDA is synchronised around every run).
@@ -329,8 +331,54 @@ def bench_forward(args: argparse.Namespace) -> None:
     print()
 
 
+# --------------------------------------------------------------------------------------------------------- layout
+def bench_layout(args: argparse.Namespace) -> None:
+    """Training steps (loss, backward, AdamW) and inference of a per-frame network on frame batches, with its
+    weights and frames channels-last (``FrameWise``'s default) and contiguous, timed in turn (interleaved medians)."""
+    from vivim_monai.losses import FrameDiceCELoss
+
+    torch.manual_seed(0)
+    image = torch.randn(args.batch, 3, args.size, args.size, 1)
+    label = (torch.rand(args.batch, 1, args.size, args.size, 1) > 0.8).to(torch.uint8)
+    loss = FrameDiceCELoss()
+    rows = {}
+    for name, channels_last in (("channels-last (NHWC, default)", True), ("contiguous (NCHW)", False)):
+        torch.manual_seed(0)
+        network = network_from_overlay(args.overlay, overrides={"network_def#channels_last": channels_last})
+        optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=0.01)
+
+        def train_step(network: nn.Module = network, optimizer: torch.optim.Optimizer = optimizer) -> None:
+            network.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss(network(image), label).backward()
+            optimizer.step()
+
+        def infer(network: nn.Module = network) -> None:
+            network.eval()
+            with torch.inference_mode():
+                network(image)
+
+        rows[name] = (train_step, infer)
+    calls = [call for pair in rows.values() for call in pair]
+    seconds = _interleaved_medians(calls, args.repeats)
+    print(f"### Layout of a per-frame network: {os.path.basename(args.overlay)}\n")
+    print(f"Batches of {args.batch} frames of {args.size} x {args.size}, fp32, {torch.get_num_threads()} thread(s).\n")
+    print("| layout | training frames/s | inference frames/s | training speed-up | inference speed-up |")
+    print("|---|---|---|---|---|")
+    base_train, base_infer = seconds[2], seconds[3]
+    for index, name in enumerate(rows):
+        train, infer = seconds[2 * index], seconds[2 * index + 1]
+        print(
+            f"| {name} | {args.batch / train:.2f} | {args.batch / infer:.2f} | {base_train / train:.2f}× | "
+            f"{base_infer / infer:.2f}× |"
+        )
+    print()
+
+
 # ----------------------------------------------------------------------------------------------------------- arms
-def network_from_overlay(overlay: str, in_channels: int = 3, num_classes: int = 2) -> nn.Module:
+def network_from_overlay(
+    overlay: str, in_channels: int = 3, num_classes: int = 2, overrides: dict[str, object] | None = None
+) -> nn.Module:
     """The ``network_def`` of a network overlay (``configs/<name>.json``) on top of the bundle's train.json."""
     from monai.bundle import ConfigParser
 
@@ -339,6 +387,8 @@ def network_from_overlay(overlay: str, in_channels: int = 3, num_classes: int = 
     parser = ConfigParser()
     parser.read_config([str(find_bundle() / "configs" / "train.json"), overlay])
     parser["in_channels"], parser["class_names"] = in_channels, [f"class {k}" for k in range(num_classes)]
+    for key, value in (overrides or {}).items():
+        parser[key] = value
     return parser.get_parsed_content("network_def")
 
 
@@ -721,6 +771,12 @@ def main() -> None:
         "--overlay", default=os.path.join(os.path.dirname(__file__), "..", "configs", "flexunet_lite0_frames.json")
     )
     train.add_argument("--warmup", type=int, default=3, help="iterations left out of the bundle's rate")
+    layout = sub.add_parser("layout", help="a per-frame network: channels-last against contiguous, train and infer")
+    layout.add_argument(
+        "--overlay", default=os.path.join(os.path.dirname(__file__), "..", "configs", "flexunet_lite0_frames.json")
+    )
+    layout.add_argument("--batch", type=int, default=8)
+    layout.add_argument("--size", type=int, default=224)
     isa = sub.add_parser("isa", help="the CPU scan built per instruction set: exp bound and mambapy's pscan")
     isa.add_argument("--marches", nargs="+", default=["native", "x86-64-v3"], help="VIVIM_SCAN_MARCH values")
     sub.add_parser("isa-worker")
@@ -751,6 +807,7 @@ def main() -> None:
         "fewshot": [bench_fewshot],
         "postprocess": [bench_postprocess],
         "train": [bench_train],
+        "layout": [bench_layout],
         "isa": [bench_isa],
         **{name: [worker] for name, worker in workers.items()},
     }

@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import json
 import os
+import subprocess
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,6 +18,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("VIVIM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 SHARED_SCHEMAS = SHARED_DATA.parent / "schemas"
+#: MONAI Label's isolated environment (scripts/setup_monailabel.sh), built by the tests that serve the bundle
+MONAILABEL_VENV = Path(os.environ.get("VIVIM_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
 #: Bundle override: Vivim-tiny from random initialisation instead of the default network (fast workflow tests).
 TINY_NETWORK = {
     "network_def": {
@@ -160,9 +163,9 @@ def _reads_real_data(item: pytest.Item, helpers: set[str]) -> bool:
 #: (scripts/test.sh: pytest-xdist, whole files per worker, ``--no-loadscope-reorder``) start them early and finish
 #: together instead of one worker running a long file alone at the end. Only the order changes, never what runs.
 LONGEST_FILES = (
-    "test_monailabel_annotation.py",
     "test_bundle.py",
     "test_export.py",
+    "test_monailabel_annotation.py",  # third: its environment installs in the background meanwhile
     "test_released.py",
     "test_monailabel.py",
     "test_medivista.py",
@@ -193,6 +196,27 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return SAME_WORKER.get(scope, scope)
 
     return SharedResourceScheduling(config, log)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building MONAI Label's environment in the background when a selected test needs it (the
+    ``monailabel_venv`` fixture; once: the first xdist worker, or the only process). Its pip installs wait on the
+    package index for about half of their wall time, which would otherwise idle a worker; the tests' own call of the
+    same script waits for this one (the script's lock) and then finds it done. Output: ``<environment>.setup.log``."""
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0" or session.config.getoption("collectonly"):
+        return
+    if not any("monailabel_venv" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    MONAILABEL_VENV.parent.mkdir(parents=True, exist_ok=True)
+    log = open(f"{MONAILABEL_VENV}.setup.log", "w")  # noqa: SIM115 (kept open by the child process)
+    subprocess.Popen(
+        ["bash", str(REPO_ROOT / "scripts" / "setup_monailabel.sh")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "VIVIM_MONAILABEL_VENV": str(MONAILABEL_VENV)},
+        start_new_session=True,
+    )
+    log.close()
 
 
 def _file_rank(item: pytest.Item) -> int:

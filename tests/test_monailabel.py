@@ -36,6 +36,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import MONAILABEL_VENV as VENV
 from conftest import REPO_ROOT, load_script
 from fuzzing import MUTATIONS, make_seed, rejected_mutants, set_raw
 from PIL import Image
@@ -43,7 +44,6 @@ from PIL import Image
 pytestmark = pytest.mark.integration  # whole workflows, subprocesses or exports
 
 SCRIPTS = REPO_ROOT / "scripts"
-VENV = Path(os.environ.get("VIVIM_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
 CONFIGS = REPO_ROOT / "bundle" / "configs"
 MODEL = "vivim_cine_segmentation"  # the packaged bundle's folder name, served under that name
 LOOP_REQUESTS, LOOP_SECONDS = 5, 120.0

@@ -227,7 +227,7 @@ class FewShotAdapter:
         items = [self.augment({"image": images[i], "label": target[i]}) for i in picks]
         batch = torch.stack([torch.as_tensor(item["image"]) for item in items])
         truth = torch.stack([torch.as_tensor(item["label"]) for item in items]).round()
-        loss = loss_function(self.network.network(batch), truth)
+        loss = loss_function(self.network.forward_frames(batch), truth)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -242,7 +242,7 @@ class FewShotAdapter:
         out = np.empty((self.num_classes, height, width, count), np.float32)
         for start in range(0, count, chunk):
             frames = cine_frames(cine[..., start : start + chunk], self.config.size)
-            probabilities = torch.softmax(self.network.network(frames), dim=1)
+            probabilities = torch.softmax(self.network.forward_frames(frames), dim=1)
             probabilities = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)
             out[..., start : start + chunk] = probabilities.permute(1, 2, 3, 0).numpy()
         return smooth_in_time(out, sigma)

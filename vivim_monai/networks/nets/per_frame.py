@@ -34,11 +34,14 @@ class FrameWise(nn.Module):
         if x.dim() != 5:
             raise ValueError(f"{type(self).__name__} expects a clip (B, C, H, W, T), got shape {tuple(x.shape)}")
         batch, channels, height, width, frames = x.shape
-        frames_2d = x.permute(0, 4, 1, 2, 3).reshape(batch * frames, channels, height, width)
-        if self.channels_last:
-            frames_2d = frames_2d.contiguous(memory_format=torch.channels_last)
-        out = self.network(frames_2d)
+        out = self.forward_frames(x.permute(0, 4, 1, 2, 3).reshape(batch * frames, channels, height, width))
         return out.reshape(batch, frames, *out.shape[1:]).permute(0, 2, 3, 4, 1)
+
+    def forward_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """The 2-D network on a batch of frames ``(N, C, H, W)``, in the wrapper's memory layout."""
+        if self.channels_last:
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        return self.network(frames)
 
 
 class PerFrameUNet(FrameWise):
