@@ -16,7 +16,8 @@ Writes, atomically:
   ``--config_file "['configs/inference.json','configs/<name>.json']"`` runs it by name;
 * an entry of ``bundle/models/released.json``: file, sha256, size, parameters, training data and licence, the
   command, and the Dice / Jaccard of these weights on every frame of the developer data (``evaluate.json``: the
-  frames it was trained on, so a check that the weights and the pipeline reproduce, not an accuracy estimate).
+  frames it was trained on, so a check that the weights and the pipeline reproduce, not an accuracy estimate); with
+  ``--check-cases N`` also those of the first N cases alone, the subset ``tests/test_released.py`` re-evaluates.
 """
 
 from __future__ import annotations
@@ -83,12 +84,16 @@ def inference_overlay(
     return overlay
 
 
-def evaluate(bundle: Path, name: str, data_root: Path, layout: str, work: Path) -> dict[str, Any]:
+def evaluate(
+    bundle: Path, name: str, data_root: Path, layout: str, work: Path, first_cases: int | None = None
+) -> dict[str, Any]:
     """Dice / Jaccard of the released model ``name`` on every frame of the ``layout`` dataset in ``data_root`` (all
-    cases as one validation fold, whole videos), through ``train.json`` + dataset + ``evaluate.json`` + its overlay."""
+    cases as one validation fold, whole videos), through ``train.json`` + dataset + ``evaluate.json`` + its overlay;
+    with ``first_cases``, on every frame of the first that many cases (in ``discover_cases`` order) only."""
     overlay = bundle / "configs" / f"{name}.json"
     classes = json.loads(overlay.read_text())["class_names"]
     entries = [{**entry, "fold": 0} for entry in discover_cases(data_root, layout, class_names=classes)]
+    entries = entries[:first_cases] if first_cases else entries
     datalist = work / "datalist_all.json"
     write_datalist(datalist, entries, data_root, layout, classes)
     configs = ["train.json", "evaluate.json", str(overlay.resolve())]
@@ -141,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="an override the training used (as for cross_validate.py); inference settings among them are released",
     )
+    parser.add_argument(
+        "--check-cases",
+        type=int,
+        help="also record the numbers of the first N cases (developer_split_check), which the test suite reproduces "
+        "instead of every frame when a release takes minutes to evaluate in full",
+    )
     parser.add_argument("--bundle", type=Path, help="bundle folder (default: the checkout's bundle/)")
     args = parser.parse_args(argv)
     if not args.name.isidentifier():
@@ -178,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     write_manifest(manifest_path, manifest)
     with tempfile.TemporaryDirectory() as work:
         manifest[args.name]["developer_split_all_frames"] = evaluate(
-            bundle, args.name, args.data_root, args.layout, Path(work)
+            bundle, args.name, args.data_root, args.layout, Path(work) / "all"
         )
+        if args.check_cases:
+            check = evaluate(bundle, args.name, args.data_root, args.layout, Path(work) / "check", args.check_cases)
+            manifest[args.name]["developer_split_check"] = {"first_cases": args.check_cases, **check}
     write_manifest(manifest_path, manifest)
     print(json.dumps(manifest[args.name], indent=4))
     return 0

@@ -1,3 +1,3 @@
 """vivim-monai: Vivim (Video Vision Mamba, arXiv 2401.14168) for medical video segmentation, as a MONAI bundle."""
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
