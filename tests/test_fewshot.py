@@ -277,7 +277,7 @@ def test_adaptation_starts_from_a_released_model_by_name():
     three = FewShotAdapter(3, start="carotid_lumen")
     assert three.start.endswith("(head re-initialised for 3 classes)")
     assert torch.equal(three.network.state_dict()[key], state["model"][key].float())
-    with pytest.raises(ValueError, match=r"no released model 'liver'; released: \['carotid_lumen'"):
+    with pytest.raises(ValueError, match=r"no released model 'liver'; released: \['bagls_glottis', 'carotid_lumen'\]"):
         FewShotAdapter(2, start="liver")
 
 
