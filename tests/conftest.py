@@ -165,10 +165,10 @@ def _reads_real_data(item: pytest.Item, helpers: set[str]) -> bool:
 LONGEST_FILES = (
     "test_bundle.py",
     "test_export.py",
-    "test_monailabel_annotation.py",  # third: its environment installs in the background meanwhile
     "test_released.py",
-    "test_monailabel.py",
     "test_medivista.py",
+    "test_monailabel_annotation.py",  # fifth: its environment installs in the background meanwhile (about 3 min)
+    "test_monailabel.py",
     "test_package.py",
     "test_fewshot.py",
     "test_reliability.py",
