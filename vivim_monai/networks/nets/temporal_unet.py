@@ -45,7 +45,8 @@ class TemporalFlexibleUNet(nn.Module):
         mlp_ratio, d_state, d_conv, expand, dt_init: of each :class:`STMambaLayer`.
         mamba_drop_path_rate: stochastic depth of the ST-Mamba layers, linear over all of them.
         scan_backend: selective-scan backend (None = automatic / ``VIVIM_SCAN_BACKEND``).
-        channels_last: run the U-Net on NHWC frames and weights, as :class:`FrameWise` does (faster on CPUs).
+        channels_last: run the U-Net on NHWC frames and weights, as :class:`FrameWise` does, so that a per-frame
+            model's weights compute exactly what they compute there.
     """
 
     def __init__(
