@@ -668,6 +668,11 @@ def test_archived_results_rebuild_their_report_and_the_model_card_quotes_them(ar
     rebuilt = write_comparison(copy, models, dataset_config=None, examples=False).parent / "comparison.csv"
     assert rebuilt.read_text() == (archive / "report" / "comparison.csv").read_text()
     assert "`/" not in (archive / "report" / "comparison.md").read_text(), "the report names a machine's folder"
+    datalist = archive / "datalist_folds.json"
+    if datalist.is_file():  # the data beside the checkout (../shared/data), reached by a relative path
+        root = Path(json.loads(datalist.read_text())["root"])
+        named = [part for part in root.parts if part != ".."]
+        assert not root.is_absolute() and named[:2] == ["shared", "data"], f"{datalist}: root {root} names a machine"
     card = MODEL_CARD.read_text()
     for model in models:
         recorded = json.loads((archive / model / "cv_timing.json").read_text())["configs"]
